@@ -1,0 +1,110 @@
+"""Command line: `python -m ssl_lessons {train,baselines,prepare-data,bench} ...` (see --help of each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .config import PRESETS, ConfigError, make_config, parse_set_args
+from .data import DataError
+
+
+def _config(args):
+    overrides = parse_set_args(args.set or [])
+    if getattr(args, "method", None):
+        overrides["method"] = args.method
+    if getattr(args, "data", None):
+        overrides["data_source"] = args.data
+    return make_config(args.preset, overrides)
+
+
+def cmd_prepare_data(args):
+    from .data import load_cifar10
+    t = time.perf_counter()
+    data = load_cifar10(args.data)
+    print(f"{data} ready in {time.perf_counter() - t:.1f} s")
+
+
+def cmd_baselines(args):
+    from .baselines import load_or_compute_yardsticks
+    cfg = _config(args)
+    print(json.dumps(load_or_compute_yardsticks(cfg), indent=1))
+
+
+def cmd_train(args):
+    from .baselines import load_or_compute_yardsticks
+    from .train import pick_device, train
+    cfg = _config(args)
+    print(f"training {cfg.method} ({cfg.preset}) on {pick_device(cfg.device)}; overrides: {args.set or 'none'}",
+          flush=True)
+    run = train(cfg)
+    result = run["result"]
+    if result is None:  # a non-zero DDP rank
+        return
+    marks = load_or_compute_yardsticks(cfg) if args.baselines else {}
+    print(f"\nResults on CIFAR-10 test ({result['queries']} images; k-NN k={cfg.knn_k}, bank {result['bank']}):")
+    print(f"  {'representation':28s} {'k-NN top-1':>10s} {'linear top-1':>12s}")
+    rows = [(n, m) for n, m in marks.items()] + [(f"{cfg.method} ({result['train_minutes']:.1f} min)", result)]
+    for name, m in rows:
+        lin = f"{m['linear_top1']:.1f} %" if "linear_top1" in m else "-"
+        print(f"  {name:28s} {m['knn_top1']:8.1f} % {lin:>12s}")
+    print(f"curves: {run['out_dir'] / 'curves.png'}; checkpoint and results.json beside it")
+
+
+def cmd_collapse_study(args):
+    from .methods.byol import collapse_study_configs
+    from .train import train
+    for name, cfg in collapse_study_configs(args.preset).items():
+        result = train(cfg)["result"]
+        if result:
+            last = result["final_logs"]
+            print(f"{name:28s} output std {last['output_std']:.4f}  effective rank {last['effective_rank']:6.1f}  "
+                  f"k-NN {result['knn_top1']:.1f} %", flush=True)
+
+
+def cmd_bench(args):
+    from .bench import main as bench_main
+    bench_main(_config(args), steps=args.steps)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ssl_lessons", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS),
+                       help="cifar10-laptop: ~15 min on a laptop CPU (the default); smoke: seconds, for tests")
+        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. epochs=8 lr=1e-3")
+        p.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $SSL_LESSONS_CIFAR10, data/, or download)")
+
+    p = sub.add_parser("train", help="train a method, then k-NN + linear probe on the test set")
+    common(p)
+    p.add_argument("--method", default="simclr")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="do not print lesson 0's yardsticks beside the result")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("baselines", help="lesson 0's yardsticks: raw pixels and a random backbone")
+    common(p)
+    p.set_defaults(func=cmd_baselines)
+    p = sub.add_parser("prepare-data", help="find CIFAR-10 and decode it once into data/cifar10.pt")
+    p.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
+    p.set_defaults(func=cmd_prepare_data)
+    p = sub.add_parser("collapse-study", help="lesson 2: BYOL with and without its predictor and momentum target")
+    p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS))
+    p.set_defaults(func=cmd_collapse_study)
+    p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
+    common(p)
+    p.add_argument("--steps", type=int, default=20)
+    p.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

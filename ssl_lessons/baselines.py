@@ -1,0 +1,27 @@
+"""Lesson 0's yardsticks, computed once per (data, backbone) and kept in runs/ for every later lesson."""
+from __future__ import annotations
+
+import json
+
+from .data import load_dataset
+from .evaluation import yardsticks
+from .train import RUNS_DIR, _atomic_write_text, pick_device
+
+
+def yardstick_path(cfg):
+    arch = f"{cfg.backbone}-p{cfg.patch_size}-d{cfg.embed_dim}x{cfg.depth}-{cfg.global_pool}"
+    subset = f"-{cfg.train_subset}x{cfg.test_subset}" if cfg.train_subset or cfg.test_subset else ""
+    name = cfg.dataset if cfg.dataset == "cifar10" else "folder"
+    return RUNS_DIR / "baselines" / f"{name}{subset}-{arch}.json"
+
+
+def load_or_compute_yardsticks(cfg, data=None, recompute: bool = False) -> dict:
+    """The yardsticks of cfg's data and backbone: read from runs/baselines/ if saved there, else computed and saved."""
+    path = yardstick_path(cfg)
+    if path.exists() and not recompute:
+        return json.loads(path.read_text())
+    data = data if data is not None else load_dataset(cfg)
+    result = yardsticks(cfg, data, pick_device(cfg.device), probe=cfg.linear_probe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(path, json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,240 @@
+"""CIFAR-10 (or any ImageFolder tree) decoded once into a uint8 cache, so no epoch pays for decoding.
+
+Where CIFAR-10 comes from, in this order:
+  1. a cache already prepared under data/ (data/cifar10.pt);
+  2. a folder or .tar.gz you name, by argument or $SSL_LESSONS_CIFAR10, holding either the ImageFolder layout
+     (train/<class>/*.jpg, test/<class>/*.jpg) or torchvision's cifar-10-batches-py;
+  3. a download through torchvision, when the machine is online.
+
+Images are kept as uint8 tensors (N, 3, H, W) with int64 labels (N,); augmentation turns batches of them into
+float views on the training device (see augment.py).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_save
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("SSL_LESSONS_DATA_DIR", REPO_ROOT / "data"))
+ENV_VAR = "SSL_LESSONS_CIFAR10"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class DataError(RuntimeError):
+    """Raised when images cannot be found or read; the message says how to fix it."""
+
+
+@dataclass
+class ImageData:
+    train_images: torch.Tensor  # (N, 3, H, W) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor   # (M, 3, H, W) uint8
+    test_labels: torch.Tensor   # (M,) int64
+    classes: list[str]
+
+    def subset(self, n_train: int = 0, n_test: int = 0, seed: int = 0) -> "ImageData":
+        """A fixed random subset (0 keeps all), the same for every call with the same seed."""
+        g = torch.Generator().manual_seed(seed)
+
+        def pick(images, labels, n):
+            if not n or n >= len(labels):
+                return images, labels
+            idx = torch.randperm(len(labels), generator=g)[:n].sort().values
+            return images[idx], labels[idx]
+
+        tr = pick(self.train_images, self.train_labels, n_train)
+        te = pick(self.test_images, self.test_labels, n_test)
+        return ImageData(*tr, *te, self.classes)
+
+    def __repr__(self) -> str:
+        return (f"ImageData(train={tuple(self.train_images.shape)}, test={tuple(self.test_images.shape)}, "
+                f"classes={len(self.classes)})")
+
+
+def _not_found_message(tried: list[str]) -> str:
+    return ("CIFAR-10 was not found. " + " ".join(tried) + "\nProvide it in one of three ways:\n"
+            f"  1. prepare it once into {DATA_DIR}/cifar10.pt (any of the ways below does this for you);\n"
+            f"  2. name a folder or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg, or torchvision's\n"
+            f"     cifar-10-batches-py: `export {ENV_VAR}=/path/to/cifar10-jpg.tar.gz` (or data_source=...);\n"
+            "  3. run once on a machine that is online: torchvision downloads it (about 170 MB).")
+
+
+def load_cifar10(source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
+                 download: bool = True) -> ImageData:
+    """CIFAR-10 as uint8 tensors, from the cache, a named folder/archive, or a download (in that order)."""
+    data_dir = Path(data_dir or DATA_DIR)
+    cache = data_dir / "cifar10.pt"
+    if cache.exists():
+        return _load_cache(cache)
+    source = source or os.environ.get(ENV_VAR) or None
+    tried = [f"No cache at {cache}."]
+    if source:
+        data = read_image_source(Path(source), image_size=32)
+    else:
+        tried.append(f"${ENV_VAR} is not set.")
+        data = _download_cifar10(data_dir, tried) if download else None
+        if data is None:
+            raise DataError(_not_found_message(tried))
+    _save_cache(data, cache)
+    return data
+
+
+def load_image_folder(root: str | os.PathLike, image_size: int, data_dir: str | os.PathLike | None = None) -> ImageData:
+    """Any ImageFolder tree with train/ and test/ (the ImageNet layout), resized to image_size and cached."""
+    root = Path(root)
+    cache = Path(data_dir or DATA_DIR) / f"{root.name}-{image_size}px.pt"
+    if cache.exists():
+        return _load_cache(cache)
+    data = read_image_source(root, image_size)
+    _save_cache(data, cache)
+    return data
+
+
+def load_dataset(cfg) -> ImageData:
+    """The entry point the training loop and notebooks use: cfg.dataset, then cfg's subsets."""
+    if cfg.dataset == "cifar10":
+        data = load_cifar10(cfg.data_source or None)
+    else:
+        data = load_image_folder(cfg.dataset, cfg.image_size)
+    return data.subset(cfg.train_subset, cfg.test_subset, seed=0)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def read_image_source(path: Path, image_size: int) -> ImageData:
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Point {ENV_VAR} (or data_source / dataset) at a folder holding "
+                        "train/<class>/*.jpg and test/<class>/*.jpg, or at a .tar.gz of one.")
+    if path.is_file():
+        if not path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise DataError(f"{path} is a file but not a .tar.gz archive; give a folder or a .tar.gz.")
+        return _read_tar(path, image_size)
+    batches = next((p for p in (path, path / "cifar-10-batches-py") if (p / "data_batch_1").exists()), None)
+    if batches is not None:
+        return _read_cifar_batches(batches)
+    splits = {s: path / s for s in ("train", "test")}
+    missing = [s for s, p in splits.items() if not p.is_dir()]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(missing)}/ folder. Expected {path}/train/<class>/*.jpg and "
+                        f"{path}/test/<class>/*.jpg (the ImageFolder layout), or torchvision's cifar-10-batches-py.")
+    files = {s: sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) for s, p in splits.items()}
+    for split, found in files.items():
+        if not found:
+            raise DataError(f"{splits[split]} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                            "Each class needs a sub-folder of images: train/<class>/<image>.jpg")
+    blobs = {s: [(str(f.relative_to(path)), f.parent.name, f.read_bytes) for f in fs] for s, fs in files.items()}
+    return _decode_splits(blobs, image_size, origin=str(path))
+
+
+def _read_tar(path: Path, image_size: int) -> ImageData:
+    blobs = {"train": [], "test": []}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tqdm(tar, desc=f"reading {path.name}", unit=" files", mininterval=1.0):
+                parts = Path(member.name).parts
+                split_at = next((i for i, p in enumerate(parts) if p in blobs), None)
+                if not member.isfile() or split_at is None or len(parts) < split_at + 3:
+                    continue
+                if not member.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                data = tar.extractfile(member).read()
+                blobs[parts[split_at]].append((member.name, parts[-2], lambda d=data: d))
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{path} could not be read as a tar archive ({e}). Download it again or unpack it and "
+                        "point at the folder.") from e
+    for split, found in blobs.items():
+        if not found:
+            raise DataError(f"{path} holds no {split}/<class>/<image> files. Expected the ImageFolder layout "
+                            "train/<class>/*.jpg and test/<class>/*.jpg inside the archive.")
+    return _decode_splits(blobs, image_size, origin=str(path))
+
+
+def _decode_splits(blobs: dict, image_size: int, origin: str) -> ImageData:
+    classes = sorted({cls for _, cls, _ in blobs["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for split in ("train", "test"):
+        entries = sorted(blobs[split], key=lambda e: e[0])
+        unknown = sorted({cls for _, cls, _ in entries} - set(index))
+        if unknown:
+            raise DataError(f"{origin}: test classes {unknown} do not appear in train/")
+        images = torch.empty(len(entries), 3, image_size, image_size, dtype=torch.uint8)
+        for i, (name, _, read) in enumerate(tqdm(entries, desc=f"decoding {split}", unit=" img", mininterval=1.0)):
+            images[i] = _decode(read(), name, image_size)
+        labels = torch.tensor([index[cls] for _, cls, _ in entries], dtype=torch.int64)
+        out += [images, labels]
+    return ImageData(*out, classes)
+
+
+def _decode(data: bytes, name: str, image_size: int) -> torch.Tensor:
+    try:
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as e:
+        raise DataError(f"could not decode image {name} ({e}). The file is corrupt or not an image: "
+                        "replace or delete it, then run again.") from e
+    if image.shape[-2:] != (image_size, image_size):
+        image = TF.center_crop(TF.resize(image, image_size, antialias=True), [image_size, image_size])
+    return image
+
+
+def _read_cifar_batches(folder: Path) -> ImageData:
+    def read(names):
+        xs, ys = [], []
+        for name in names:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.extend(batch["labels"])
+        return torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64)
+
+    with open(folder / "batches.meta", "rb") as f:
+        classes = pickle.load(f, encoding="latin1")["label_names"]
+    return ImageData(*read([f"data_batch_{i}" for i in range(1, 6)]), *read(["test_batch"]), classes)
+
+
+def _download_cifar10(data_dir: Path, tried: list[str]) -> ImageData | None:
+    from torchvision.datasets import CIFAR10
+    try:
+        CIFAR10(str(data_dir), train=True, download=True)
+        CIFAR10(str(data_dir), train=False, download=True)
+    except Exception as e:  # offline: URLError, socket errors, ...
+        tried.append(f"The torchvision download failed ({type(e).__name__}: {e}).")
+        return None
+    return _read_cifar_batches(data_dir / "cifar-10-batches-py")
+
+
+def _save_cache(data: ImageData, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"train_images": data.train_images, "train_labels": data.train_labels,
+                 "test_images": data.test_images, "test_labels": data.test_labels, "classes": data.classes}, path)
+
+
+def _load_cache(path: Path) -> ImageData:
+    try:
+        d = torch.load(path, weights_only=True)
+        return ImageData(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"], d["classes"])
+    except Exception as e:
+        raise DataError(f"the cache {path} is unreadable ({e}); delete it and run again to rebuild it.") from e
+
+
+def normalize(images_uint8: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float32 standardised per channel."""
+    x = images_uint8.float().div_(255)
+    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std

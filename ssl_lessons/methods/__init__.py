@@ -1,0 +1,21 @@
+"""Self-supervised methods, each one module implementing methods.base.Method."""
+from __future__ import annotations
+
+from ..backbones import build_backbone
+from .base import Method
+from .byol import BYOL
+from .simclr import SimCLR
+from .swav import SwAV
+
+METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV}
+
+
+def build_method(cfg) -> Method:
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.depth,
+                              cfg.num_heads, cfg.global_pool)
+    return METHODS[cfg.method].from_config(cfg, backbone)
+
+
+__all__ = ["BYOL", "METHODS", "Method", "SimCLR", "SwAV", "build_method"]

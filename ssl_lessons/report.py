@@ -1,0 +1,35 @@
+"""The course's running scoreboard: every lesson's saved results at a preset, read from runs/, never retrained."""
+from __future__ import annotations
+
+import json
+
+from .baselines import yardstick_path
+from .config import make_config
+from .train import RUNS_DIR
+
+LESSONS = [("SimCLR", "simclr"), ("BYOL", "byol"), ("SwAV", "swav")]
+
+
+def lesson_table(preset: str = "cifar10-laptop") -> list[dict]:
+    """Rows {name, knn_top1, linear_top1, minutes, source} for the yardsticks and each finished lesson run."""
+    rows = []
+    marks = yardstick_path(make_config(preset))
+    if marks.exists():
+        for name, m in json.loads(marks.read_text()).items():
+            rows.append({"name": f"{name} (lesson 0)", **m, "minutes": None, "source": str(marks)})
+    for name, method in LESSONS:
+        path = RUNS_DIR / f"{method}-{preset}" / "results.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            rows.append({"name": name, "knn_top1": r["knn_top1"], "linear_top1": r.get("linear_top1"),
+                         "minutes": r["train_minutes"], "source": str(path)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'representation':26s} {'k-NN':>7s} {'linear':>7s} {'minutes':>8s}"]
+    for r in rows:
+        lin = f"{r['linear_top1']:6.1f}%" if r.get("linear_top1") is not None else "      -"
+        mins = f"{r['minutes']:8.1f}" if r.get("minutes") is not None else "       -"
+        lines.append(f"{r['name']:26s} {r['knn_top1']:6.1f}% {lin} {mins}")
+    return "\n".join(lines)

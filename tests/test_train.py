@@ -1,0 +1,59 @@
+import json
+
+import pytest
+import torch
+
+from ssl_lessons.config import make_config
+from ssl_lessons.train import clip_gradients, param_groups, train
+
+
+def smoke(tmp_path, name, **overrides):
+    return make_config("smoke", {"out_dir": str(tmp_path / name), "knn_every": 0.0, "linear_probe": False,
+                                 "knn_bank": 256, **overrides})
+
+
+def test_resumed_run_has_the_same_loss_trace_as_an_uninterrupted_one(tmp_path, tiny_data):
+    # 256 images / batch 64 = 4 steps an epoch; 2 epochs = 8 steps; stop after 3 (mid-epoch) and resume.
+    full = train(smoke(tmp_path, "full", epochs=2.0), data=tiny_data, show_progress=False)
+    cfg = smoke(tmp_path, "split", epochs=2.0)
+    first = train(cfg, data=tiny_data, stop_after=3, show_progress=False)
+    assert first["result"] is None and len(first["history"]) == 3
+    assert (tmp_path / "split" / "checkpoint.pt").exists()
+    resumed = train(cfg, data=tiny_data, show_progress=False)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert len(full["history"]) == 8
+    for a, b in zip(full["method"].state_dict().values(), resumed["method"].state_dict().values()):
+        assert torch.equal(a, b)
+    result = json.loads((tmp_path / "split" / "results.json").read_text())
+    assert result["steps"] == 8 and 0 <= result["knn_top1"] <= 100
+    assert (tmp_path / "split" / "curves.png").stat().st_size > 1000
+    assert not list((tmp_path / "split").glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path, tiny_data):
+    train(smoke(tmp_path, "run"), data=tiny_data, stop_after=1, show_progress=False)
+    with pytest.raises(ValueError, match="different config.*lr"):
+        train(smoke(tmp_path, "run", lr=0.5), data=tiny_data, show_progress=False)
+
+
+def test_training_changes_the_backbone_and_logs_the_schedule(tmp_path, tiny_data):
+    torch.manual_seed(0)
+    run = train(smoke(tmp_path, "run", epochs=1.0, warmup=0.5), data=tiny_data, show_progress=False)
+    lrs = [h["lr"] for h in run["history"]]
+    assert lrs[0] == 0.0 and max(lrs) > 0  # warm-up starts at 0
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in run["history"])
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = param_groups(net)
+    assert [p.shape for p in decay["params"]] == [(4, 4)]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+def test_gradients_are_clipped_per_parameter():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    a.grad, b.grad = torch.tensor([30.0, 40.0, 0.0]), torch.tensor([0.3, 0.4, 0.0])
+    clip_gradients(torch.nn.ParameterList([a, b]), 3.0)
+    assert torch.allclose(a.grad.norm(), torch.tensor(3.0), atol=1e-4)
+    assert torch.allclose(b.grad, torch.tensor([0.3, 0.4, 0.0]))  # under the limit: untouched
