@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -53,14 +54,29 @@ def cmd_train(args):
 
 
 def cmd_collapse_study(args):
-    from .methods.byol import collapse_study_configs
+    from .methods import byol, dino
     from .train import train
-    for name, cfg in collapse_study_configs(args.preset).items():
+    study = {"byol": byol, "dino": dino}[args.method]
+    for name, cfg in study.collapse_study_configs(args.preset).items():
         result = train(cfg)["result"]
         if result:
             last = result["final_logs"]
-            print(f"{name:28s} output std {last['output_std']:.4f}  effective rank {last['effective_rank']:6.1f}  "
-                  f"k-NN {result['knn_top1']:.1f} %", flush=True)
+            if args.method == "dino":
+                print(f"{name:28s} teacher entropy {last['teacher_entropy']:.3f} (ln K = "
+                      f"{math.log(cfg.dino_out_dim):.3f})  KL {last['kl']:.4f}  loss {last['loss']:.3f}  "
+                      f"k-NN {result['knn_top1']:.1f} %", flush=True)
+            else:
+                print(f"{name:28s} output std {last['output_std']:.4f}  effective rank {last['effective_rank']:6.1f}  "
+                      f"k-NN {result['knn_top1']:.1f} %", flush=True)
+
+
+def cmd_export(args):
+    from .pretrained import export_backbone
+    from .train import run_dir
+    cfg = _config(args)
+    command = "python -m ssl_lessons " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    path = export_backbone(cfg, run_dir(cfg), args.name, command)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def cmd_bench(args):
@@ -90,9 +106,17 @@ def main(argv=None):
     p = sub.add_parser("prepare-data", help="find CIFAR-10 and decode it once into data/cifar10.pt")
     p.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
     p.set_defaults(func=cmd_prepare_data)
-    p = sub.add_parser("collapse-study", help="lesson 2: BYOL with and without its predictor and momentum target")
+    p = sub.add_parser("collapse-study", help="lesson 2: BYOL without its predictor or momentum target; "
+                                              "lesson 4 (--method dino): DINO without centering or sharpening")
     p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS))
+    p.add_argument("--method", default="byol", choices=["byol", "dino"])
     p.set_defaults(func=cmd_collapse_study)
+    p = sub.add_parser("export", help="save a finished run's evaluated backbone in fp16 to data/pretrained/NAME.pt")
+    common(p)
+    p.add_argument("--method", default="simclr")
+    p.add_argument("--name", required=True)
+    p.add_argument("--command-line", help="the train command to record (default: this export command)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
     common(p)
     p.add_argument("--steps", type=int, default=20)
@@ -101,7 +125,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -6,10 +6,7 @@ The ViT also exposes what later lessons look inside:
 - `patch_tokens(x)`   -> (B, N, D)  the final normed tokens of the N = (H/p)*(W/p) patches;
 - `last_attention(x)` -> (B, heads, 1 + N, 1 + N)  the softmax attention of the last block.
 
-timm computes attention with a fused kernel (`scaled_dot_product_attention`) that never
-materialises the weights, so `last_attention` switches the fused path off for one call and
-reads the weights from the input of `attn_drop`, which timm's unfused path applies to
-softmax(q k^T / sqrt(d)). That works for any timm ViT built from `timm.layers.Attention`.
+timm's fused attention never materialises the weights; attention.py shows how `last_attention` reads them.
 """
 from __future__ import annotations
 
@@ -17,6 +14,8 @@ import torch
 import torch.nn as nn
 import torchvision
 from timm.models.vision_transformer import VisionTransformer
+
+from .attention import last_self_attention
 
 
 class ViTBackbone(nn.Module):
@@ -53,19 +52,17 @@ class ViTBackbone(nn.Module):
         return last_self_attention(self.vit, x)
 
 
-@torch.no_grad()
-def last_self_attention(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Softmax attention weights of the last block of any timm ViT: (B, heads, T, T), rows sum to 1."""
-    attn = vit.blocks[-1].attn
-    captured = []
-    hook = attn.attn_drop.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
-    fused, attn.fused_attn = attn.fused_attn, False
-    try:
-        vit.forward_features(x)
-    finally:
-        attn.fused_attn = fused
-        hook.remove()
-    return captured[0]
+def multicrop_features(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Features of views of several resolutions, one backbone pass per run of equal-sized consecutive views
+    (DINO's MultiCropWrapper): V x (B, 3, h_v, w_v) -> (V * B, D), in view order."""
+    features, start = [], 0
+    while start < len(views):
+        end = start
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        features.append(backbone(torch.cat(views[start:end])))
+        start = end
+    return torch.cat(features)
 
 
 class ResNetBackbone(nn.Module):

@@ -49,6 +49,7 @@ def main(cfg, steps: int = 20) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        method.after_step(0.5)  # e.g. the teacher's EMA update
         if device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 @dataclass
 class Config:
     # --- what to learn from -------------------------------------------------------------------
-    method: str = "simclr"          # simclr, byol, swav (later lessons add dino, ...)
+    method: str = "simclr"          # simclr, byol, swav, dino
     dataset: str = "cifar10"        # "cifar10", or the path of any ImageFolder tree (train/ and test/ inside)
     data_source: str = ""           # CIFAR-10 folder or .tar.gz; empty = $SSL_LESSONS_CIFAR10, data/, or download
     image_size: int = 32            # images are cached at this size (ImageFolder trees are resized to it)
@@ -50,6 +50,18 @@ class Config:
     local_size: int = 16
     global_scale_min: float = 0.14      # global crops cover (global_scale_min, 1) of the image
     local_scale_min: float = 0.05       # local crops cover (local_scale_min, global_scale_min)
+    # --- DINO (lesson 4) ------------------------------------------------------------------------------------
+    dino_out_dim: int = 4096            # K, the head's output dimension (the paper: 65536 for ImageNet)
+    dino_hidden_dim: int = 2048
+    dino_bottleneck_dim: int = 256
+    norm_last_layer: bool = True        # fix the norm of the last layer's rows to 1 (weight normalisation, g = 1)
+    freeze_last_layer: float = 0.01     # fraction of training with the last layer frozen (the paper: 1 of 100 epochs)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07          # reached after the warm-up ...
+    teacher_temp_start: float = 0.04    # ... from this value
+    teacher_temp_warmup: float = 0.3    # fraction of training (the paper: 30 of 100 epochs)
+    centering: bool = True              # False: the collapse study's "no centering" run
+    center_momentum: float = 0.9
     # --- optimisation -------------------------------------------------------------------------------
     epochs: float = 100.0           # may be fractional
     batch_size: int = 256           # global batch (split across DDP ranks)
@@ -138,6 +150,15 @@ def validate(cfg: Config) -> Config:
                 "local_scale_min"):
         if not 0 <= getattr(cfg, key) <= 1:
             raise ConfigError(f"{key} must be in [0, 1], got {getattr(cfg, key)}")
+    for key in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim", "student_temp", "teacher_temp",
+                "teacher_temp_start"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
+    for key in ("freeze_last_layer", "center_momentum"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {getattr(cfg, key)}")
+    if not 0 <= cfg.teacher_temp_warmup < 1:
+        raise ConfigError(f"teacher_temp_warmup is a fraction of training in [0, 1), got {cfg.teacher_temp_warmup}")
     if cfg.local_scale_min >= cfg.global_scale_min:
         raise ConfigError(f"local_scale_min ({cfg.local_scale_min}) must be below global_scale_min "
                           f"({cfg.global_scale_min}): local crops are the small ones")
@@ -154,21 +175,34 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+# A method's own recipe, whatever the preset (applied after PRESETS[preset]): DINO's from main_dino.py.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "dino": dict(weight_decay=0.04, weight_decay_end=0.4, global_pool="token", global_scale_min=0.4,
+                 local_scale_min=0.05),
+}
+
 # What a preset changes for one method only: (preset, method) -> overrides, applied after PRESETS[preset].
 # BYOL's target forward and SwAV's local crops cost extra per image, so fewer epochs fit the same ~15 minutes.
 METHOD_PRESETS: dict[tuple[str, str], dict] = {
     ("cifar10-laptop", "byol"): dict(epochs=2.6, teacher_momentum=0.99),  # BYOL's tau for short runs / small batches
     ("cifar10-laptop", "swav"): dict(epochs=2.3, num_prototypes=100),
     ("smoke", "swav"): dict(n_local_crops=2, num_prototypes=16),
+    # DINO: main_dino.py's default teacher temperature, a constant 0.04 (measured steadier here than the
+    # 0.04 -> 0.07 warm-up of the paper's best ViT-S runs, which Config keeps as its default; see lesson 4)
+    ("cifar10-laptop", "dino"): dict(epochs=1.6, teacher_momentum=0.99, dino_out_dim=4096, dino_hidden_dim=1024,
+                                     freeze_last_layer=0.05, teacher_temp=0.04),
+    ("smoke", "dino"): dict(n_local_crops=2, dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32),
 }
 
 
 def make_config(preset: str = "cifar10-laptop", overrides: dict | None = None) -> Config:
-    """PRESETS[preset], then METHOD_PRESETS[(preset, method)], then `overrides` (which may name the method)."""
+    """PRESETS[preset], METHOD_DEFAULTS[method], METHOD_PRESETS[(preset, method)], then `overrides` (which may
+    name the method)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     method = (overrides or {}).get("method", Config.method)
-    cfg = apply_overrides(Config(), {**PRESETS[preset], **METHOD_PRESETS.get((preset, method), {})})
+    cfg = apply_overrides(Config(), {**PRESETS[preset], **METHOD_DEFAULTS.get(method, {}),
+                                     **METHOD_PRESETS.get((preset, method), {})})
     cfg = dataclasses.replace(cfg, preset=preset)
     return apply_overrides(cfg, overrides or {})
 

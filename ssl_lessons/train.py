@@ -168,6 +168,7 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                 if group["apply_wd"]:
                     group["weight_decay"] = wd
 
+            method.before_step(progress)
             images = train_images[order[b * local_batch:(b + 1) * local_batch].to(device)]
             views = method.make_views(images, generator)
             with _autocast(cfg, device):

@@ -73,3 +73,40 @@ def plot_bars(values: dict[str, float], title: str = "", ylabel: str = "top-1 (%
     ax.set_xticks(x, list(values.keys()), fontsize=9)
     ax.set(ylabel=ylabel, title=title)
     return ax.figure
+
+
+def plot_attention_maps(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None,
+                        title: str = "", mean=None, std=None):
+    """One row per image: the image, then each head's CLS attention (upsampled to the image), then - if masks
+    are given - the patches that keep 60 % of each head's attention, coloured by head over the image.
+
+    images: (B, 3, H, W) standardised floats (un-normalised with mean/std, CIFAR-10's by default) or uint8;
+    maps: (B, heads, H, W); masks: (B, heads, H, W) booleans."""
+    b, heads = maps.shape[:2]
+    if images.dtype == torch.uint8:
+        pictures = images.float() / 255
+    else:
+        kwargs = {} if mean is None else {"mean": mean, "std": std}
+        pictures = unnormalize(images.float(), **kwargs)
+    pictures = pictures.permute(0, 2, 3, 1).cpu().numpy()
+    cols = 1 + heads + (masks is not None)
+    fig, axes = plt.subplots(b, cols, figsize=(1.45 * cols, 1.5 * b), squeeze=False)
+    for i in range(b):
+        axes[i, 0].imshow(pictures[i])
+        for h in range(heads):
+            axes[i, 1 + h].imshow(maps[i, h].cpu().numpy(), cmap="inferno")
+            if i == 0:
+                axes[i, 1 + h].set_title(f"head {h}", fontsize=8)
+        if masks is not None:
+            overlay = pictures[i] * 0.35
+            for h in range(heads):
+                colour = np.array(plt.cm.tab10(h % 10)[:3])
+                overlay = np.where(masks[i, h].cpu().numpy()[..., None], 0.5 * overlay + 0.5 * colour, overlay)
+            axes[i, -1].imshow(overlay.clip(0, 1))
+            if i == 0:
+                axes[i, -1].set_title("60 % mass", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -4,10 +4,11 @@ from __future__ import annotations
 from ..backbones import build_backbone
 from .base import Method
 from .byol import BYOL
+from .dino import DINO
 from .simclr import SimCLR
 from .swav import SwAV
 
-METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV}
+METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV, "dino": DINO}
 
 
 def build_method(cfg) -> Method:
@@ -18,4 +19,4 @@ def build_method(cfg) -> Method:
     return METHODS[cfg.method].from_config(cfg, backbone)
 
 
-__all__ = ["BYOL", "METHODS", "Method", "SimCLR", "SwAV", "build_method"]
+__all__ = ["BYOL", "DINO", "METHODS", "Method", "SimCLR", "SwAV", "build_method"]

@@ -2,6 +2,7 @@
 
 A method is an nn.Module that owns its networks, its views and its loss. The loop calls, every step:
 
+    method.before_step(progress)                          # e.g. set this step's teacher temperature
     views = method.make_views(images_uint8, generator)    # list of (B, 3, h, w) float tensors
     loss, logs = model(views)                             # model = method, or DDP(method)
     loss.backward(); method.after_backward(progress)      # e.g. drop the gradients of a frozen layer
@@ -24,6 +25,9 @@ class Method(nn.Module):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
+
+    def before_step(self, progress: float) -> None:
+        """Called before the views of a step are made; progress = step / total_steps in [0, 1)."""
 
     def after_backward(self, progress: float) -> None:
         """Called between backward() and the optimizer step; progress = step / total_steps."""

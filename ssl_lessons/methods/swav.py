@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..augment import MultiCrop
+from ..backbones import multicrop_features
 from ..diagnostics import effective_rank, normalized_std
 from ..heads import ProjectionMLP
 from ..losses.swav import sinkhorn_knopp, swapped_prediction_loss
@@ -45,9 +46,7 @@ class SwAV(Method):
 
     def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
         """Views of one or two resolutions -> L2-normalised embeddings (V * B, proj_dim), view-major."""
-        sizes = sorted({v.shape[-1] for v in views}, reverse=True)
-        features = torch.cat([self.backbone(torch.cat([v for v in views if v.shape[-1] == s])) for s in sizes])
-        return F.normalize(self.projector(features), dim=1)
+        return F.normalize(self.projector(multicrop_features(self.backbone, views)), dim=1)
 
     def forward(self, views):
         with torch.no_grad():  # prototypes on the unit sphere, so scores are cosine similarities

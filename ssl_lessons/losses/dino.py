@@ -1,0 +1,76 @@
+"""DINO's self-distillation loss (Caron et al. 2021, eq. 2-4; facebookresearch/dino `DINOLoss`).
+
+The teacher's output for a global view t becomes a target distribution after **centering** and **sharpening**,
+
+    P_t = softmax((g_t - c) / tau_t),            tau_t = 0.04 -> 0.07 (warm-up), sharper than the student,
+
+and the student's output for every *other* view s (global or local) must match it:
+
+    L = 1 / #pairs * sum_{t in globals} sum_{s != t} mean_batch [ - sum_k P_t^(k) log softmax(g_s / tau_s)^(k) ],
+
+tau_s = 0.1. The center c is an EMA of the teacher's raw outputs, updated *after* the loss (eq. 4),
+
+    c <- m c + (1 - m) * mean_batch g_t,         m = 0.9, the batch mean all-reduced over DDP ranks.
+
+Centering alone pushes P_t towards uniform, sharpening alone towards one-hot; together they balance (sec. 5.3).
+Since cross-entropy = entropy + KL, the loss splits into H(P_t) + KL(P_t || P_s): the two curves of Fig. 7.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..distributed import all_reduce_sum, world_size
+
+
+def teacher_targets(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """(N, K) teacher logits -> (N, K) centred, sharpened probabilities (no gradient)."""
+    return F.softmax((teacher_out.detach() - center) / teacher_temp, dim=-1)
+
+
+def cross_view_cross_entropy(student_out: list[torch.Tensor], targets: list[torch.Tensor],
+                             student_temp: float = 0.1) -> torch.Tensor:
+    """student_out: V x (B, K) logits, the len(targets) global views first; targets: G x (B, K) probabilities.
+    Mean over every (target view t, student view s != t) pair of the batch-mean cross-entropy."""
+    log_probs = [F.log_softmax(s / student_temp, dim=-1) for s in student_out]
+    total, pairs = 0.0, 0
+    for t, p in enumerate(targets):
+        for s, log_q in enumerate(log_probs):
+            if s == t:  # the same view: nothing to predict
+                continue
+            total = total + (-(p * log_q).sum(dim=-1)).mean()
+            pairs += 1
+    return total / pairs
+
+
+class DINOLoss(nn.Module):
+    """The loss with its state: the center c, a (1, K) buffer (saved in checkpoints)."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9, centering: bool = True):
+        super().__init__()
+        self.student_temp, self.center_momentum, self.centering = student_temp, center_momentum, centering
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float
+                ) -> tuple[torch.Tensor, dict]:
+        """student_out: V x (B, K); teacher_out: G x (B, K) for the G global views. Returns the loss and
+        {"teacher_entropy": H(P_t), "kl": KL(P_t || P_s)}, both averaged like the loss."""
+        student_out = [s.float() for s in student_out]
+        teacher_out = [t.float() for t in teacher_out]
+        targets = [teacher_targets(t, self.center, teacher_temp) for t in teacher_out]
+        loss = cross_view_cross_entropy(student_out, targets, self.student_temp)
+        with torch.no_grad():
+            # every target view meets the same number (V - 1) of student views, so the pair mean of H(P_t) is this
+            entropy = torch.stack([-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean() for p in targets]).mean()
+        self.update_center(torch.cat(teacher_out))
+        return loss, {"teacher_entropy": entropy.item(), "kl": (loss.detach() - entropy).item()}
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        """c <- m c + (1 - m) mean(teacher_out), the mean over the global batch of every rank."""
+        if not self.centering:
+            return
+        batch_sum = all_reduce_sum(teacher_out.detach().float().sum(dim=0, keepdim=True))
+        batch_mean = batch_sum / (len(teacher_out) * world_size())
+        self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)

@@ -1,0 +1,57 @@
+"""Backbones trained once for longer than a lesson's live run, committed small: the evaluated backbone's weights
+in fp16, with the config, the command and the results of the run that made them (data/pretrained/*.pt, beside
+the run's log). A lesson loads one next to its short live run and says which result comes from which.
+
+    python -m ssl_lessons train  --method dino --set epochs=6 out_dir=runs/dino-cifar10-laptop-6ep
+    python -m ssl_lessons export --method dino --set epochs=6 out_dir=runs/dino-cifar10-laptop-6ep \\
+        --name dino-vit-cifar10-6ep
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_save, load_checkpoint
+from .config import Config
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
+
+
+def export_backbone(cfg: Config, out_dir: Path, name: str, command: str, directory: Path = PRETRAINED_DIR) -> Path:
+    """Write the finished run in out_dir as directory/<name>.pt: fp16 weights of its evaluated backbone."""
+    from .methods import build_method
+
+    result_path = Path(out_dir) / "results.json"
+    if not result_path.exists():
+        raise FileNotFoundError(f"{result_path} does not exist: finish the run first (the same train command "
+                                "resumes it), then export it")
+    ckpt = load_checkpoint(Path(out_dir) / "checkpoint.pt")
+    method = build_method(cfg)
+    method.load_state_dict(ckpt["method"])
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in method.eval_backbone.state_dict().items()}
+    history = json.loads((Path(out_dir) / "history.json").read_text())
+    path = Path(directory) / f"{name}.pt"
+    atomic_save({"config": dataclasses.asdict(cfg), "backbone": weights, "result": json.loads(result_path.read_text()),
+                 "evals": history["evals"], "history": history["history"], "command": command}, path)
+    return path
+
+
+def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn.Module, dict]:
+    """(backbone in float32 and eval mode, the saved record without the weights) for data/pretrained/<name>.pt."""
+    from .backbones import build_backbone
+
+    path = Path(directory) / f"{name}.pt"
+    if not path.exists():
+        available = sorted(p.stem for p in Path(directory).glob("*.pt")) if Path(directory).exists() else []
+        raise FileNotFoundError(f"no exported backbone {path}; available: {available or 'none'}. Make it with "
+                                "`python -m ssl_lessons train ...` and then `python -m ssl_lessons export ...` "
+                                "(see data/pretrained/README.md for the exact commands)")
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    c = record["config"]
+    backbone = build_backbone(c["backbone"], c["image_size"], c["patch_size"], c["embed_dim"], c["depth"],
+                              c["num_heads"], c["global_pool"])
+    backbone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in record["backbone"].items()})
+    return backbone.eval(), {k: v for k, v in record.items() if k != "backbone"}

@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from ssl_lessons.config import make_config
+from ssl_lessons.pretrained import export_backbone, load_backbone
+from ssl_lessons.train import train
+
+
+def test_export_then_load_gives_the_evaluated_backbone_in_fp16(tmp_path, tiny_data):
+    cfg = make_config("smoke", {"method": "dino", "out_dir": str(tmp_path / "run"), "knn_every": "0",
+                                "linear_probe": "false", "knn_bank": "256"})
+    with pytest.raises(FileNotFoundError, match="finish the run first"):
+        export_backbone(cfg, tmp_path / "run", "tiny", "cmd", directory=tmp_path / "pretrained")
+    run = train(cfg, data=tiny_data, show_progress=False)
+    path = export_backbone(cfg, tmp_path / "run", "tiny", "python -m ssl_lessons train ...",
+                           directory=tmp_path / "pretrained")
+    saved = torch.load(path, weights_only=False)
+    assert all(v.dtype == torch.float16 for v in saved["backbone"].values() if v.is_floating_point())
+    backbone, record = load_backbone("tiny", directory=tmp_path / "pretrained")
+    assert record["command"].startswith("python -m ssl_lessons") and record["result"]["method"] == "dino"
+    x = torch.randn(4, 3, 32, 32)
+    teacher = run["method"].eval_backbone.eval()
+    with torch.no_grad():
+        assert torch.allclose(backbone(x), teacher(x), atol=2e-2)  # the teacher's weights, rounded to fp16
+        assert not torch.allclose(backbone(x), run["method"].backbone.eval()(x), atol=1e-4)  # not the student's
+    with pytest.raises(FileNotFoundError, match="available: \\['tiny'\\]"):
+        load_backbone("missing", directory=tmp_path / "pretrained")
