@@ -74,7 +74,9 @@ def cmd_export(args):
     from .pretrained import export_backbone
     from .train import run_dir
     cfg = _config(args)
-    command = "python -m ssl_lessons " + " ".join(sys.argv[1:]) if args.command_line is None else args.command_line
+    command = args.command_line or " ".join(
+        ["python -m ssl_lessons train", f"--method {args.method}", f"--preset {args.preset}"]
+        + ([f"--data {args.data}"] if args.data else []) + ([f"--set {' '.join(args.set)}"] if args.set else []))
     path = export_backbone(cfg, run_dir(cfg), args.name, command)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -115,7 +117,7 @@ def main(argv=None):
     common(p)
     p.add_argument("--method", default="simclr")
     p.add_argument("--name", required=True)
-    p.add_argument("--command-line", help="the train command to record (default: this export command)")
+    p.add_argument("--command-line", help="the train command to record (default: train with the same options)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
     common(p)

@@ -82,6 +82,12 @@ class ResNetBackbone(nn.Module):
         return self.net(x)  # (B, 512)
 
 
+def backbone_from_config(cfg) -> nn.Module:
+    """The backbone a Config describes (fresh weights; torch's current seed decides them)."""
+    return build_backbone(cfg.backbone, cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads,
+                          cfg.global_pool)
+
+
 def build_backbone(name: str, img_size: int = 32, patch_size: int = 4, embed_dim: int = 192, depth: int = 6,
                    num_heads: int = 3, global_pool: str = "token", drop_path_rate: float = 0.0) -> nn.Module:
     """`name` is "vit" (default on CPU) or "resnet18"."""

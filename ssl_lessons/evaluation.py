@@ -88,7 +88,7 @@ def evaluate(model: nn.Module, data, device="cpu", k: int = 20, temperature: flo
 def yardsticks(cfg, data, device="cpu", probe: bool = True) -> dict:
     """Lesson 0's baselines, which any learned representation has to beat:
     raw standardised pixels, and the same backbone as cfg with random (untrained) weights."""
-    from .backbones import build_backbone
+    from .backbones import backbone_from_config
 
     raw_train, raw_test = pixel_features(data.train_images), pixel_features(data.test_images)
     out = {"raw pixels": {"knn_top1": knn_top1(raw_train, data.train_labels, raw_test, data.test_labels,
@@ -97,8 +97,7 @@ def yardsticks(cfg, data, device="cpu", probe: bool = True) -> dict:
         out["raw pixels"]["linear_top1"] = linear_probe(raw_train, data.train_labels, raw_test, data.test_labels,
                                                         cfg.probe_max_iter)
     torch.manual_seed(cfg.seed)
-    random_net = build_backbone(cfg.backbone, cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.depth,
-                                cfg.num_heads, cfg.global_pool).to(device)
+    random_net = backbone_from_config(cfg).to(device)
     out[f"random {cfg.backbone}"] = evaluate(random_net, data, device, cfg.knn_k, cfg.knn_temperature, probe,
                                             cfg.eval_batch_size, cfg.probe_max_iter)
     return out

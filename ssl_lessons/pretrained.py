@@ -2,9 +2,11 @@
 in fp16, with the config, the command and the results of the run that made them (data/pretrained/*.pt, beside
 the run's log). A lesson loads one next to its short live run and says which result comes from which.
 
-    python -m ssl_lessons train  --method dino --set epochs=6 out_dir=runs/dino-cifar10-laptop-6ep
-    python -m ssl_lessons export --method dino --set epochs=6 out_dir=runs/dino-cifar10-laptop-6ep \\
-        --name dino-vit-cifar10-6ep
+    python -m ssl_lessons train  --method dino --set epochs=5 out_dir=runs/dino-cifar10-laptop-5ep
+    python -m ssl_lessons export --method dino --set epochs=5 out_dir=runs/dino-cifar10-laptop-5ep \\
+        --name dino-vit-cifar10-5ep
+
+`export` takes the train command's own options, so it finds the same run folder and records that train command.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def export_backbone(cfg: Config, out_dir: Path, name: str, command: str, directo
 
 def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn.Module, dict]:
     """(backbone in float32 and eval mode, the saved record without the weights) for data/pretrained/<name>.pt."""
-    from .backbones import build_backbone
+    from .backbones import backbone_from_config
 
     path = Path(directory) / f"{name}.pt"
     if not path.exists():
@@ -50,8 +52,6 @@ def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn
                                 "`python -m ssl_lessons train ...` and then `python -m ssl_lessons export ...` "
                                 "(see data/pretrained/README.md for the exact commands)")
     record = torch.load(path, map_location="cpu", weights_only=False)
-    c = record["config"]
-    backbone = build_backbone(c["backbone"], c["image_size"], c["patch_size"], c["embed_dim"], c["depth"],
-                              c["num_heads"], c["global_pool"])
+    backbone = backbone_from_config(Config(**record["config"]))
     backbone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in record["backbone"].items()})
     return backbone.eval(), {k: v for k, v in record.items() if k != "backbone"}

@@ -1,7 +1,7 @@
 """Self-supervised methods, each one module implementing methods.base.Method."""
 from __future__ import annotations
 
-from ..backbones import build_backbone
+from ..backbones import backbone_from_config
 from .base import Method
 from .byol import BYOL
 from .dino import DINO
@@ -14,8 +14,7 @@ METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV, "dino": DINO}
 def build_method(cfg) -> Method:
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.depth,
-                              cfg.num_heads, cfg.global_pool)
+    backbone = backbone_from_config(cfg)
     return METHODS[cfg.method].from_config(cfg, backbone)
 
 
