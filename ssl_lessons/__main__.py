@@ -14,6 +14,8 @@ from .data import DataError
 def _config(args):
     overrides = parse_set_args(args.set or [])
     if getattr(args, "method", None):
+        if overrides.get("method", args.method) != args.method:
+            raise ConfigError(f"--method {args.method} and --set method={overrides['method']} disagree: give one")
         overrides["method"] = args.method
     if getattr(args, "data", None):
         overrides["data_source"] = args.data
@@ -41,7 +43,8 @@ def cmd_train(args):
           flush=True)
     run = train(cfg)
     result = run["result"]
-    if result is None:  # a non-zero DDP rank
+    from .distributed import is_main
+    if result is None or not is_main():  # stopped early, or a non-zero DDP rank
         return
     marks = load_or_compute_yardsticks(cfg) if args.baselines else {}
     print(f"\nResults on CIFAR-10 test ({result['queries']} images; k-NN k={cfg.knn_k}, bank {result['bank']}):")
@@ -63,7 +66,7 @@ def cmd_collapse_study(args):
             last = result["final_logs"]
             if args.method == "dino":
                 print(f"{name:28s} teacher entropy {last['teacher_entropy']:.3f} (ln K = "
-                      f"{math.log(cfg.dino_out_dim):.3f})  KL {last['kl']:.4f}  loss {last['loss']:.3f}  "
+                      f"{math.log(cfg.recipe.out_dim):.3f})  KL {last['kl']:.4f}  loss {last['loss']:.3f}  "
                       f"k-NN {result['knn_top1']:.1f} %", flush=True)
             else:
                 print(f"{name:28s} output std {last['output_std']:.4f}  effective rank {last['effective_rank']:6.1f}  "
@@ -75,7 +78,7 @@ def cmd_export(args):
     from .train import run_dir
     cfg = _config(args)
     command = args.command_line or " ".join(
-        ["python -m ssl_lessons train", f"--method {args.method}", f"--preset {args.preset}"]
+        ["python -m ssl_lessons train", f"--method {cfg.method}", f"--preset {args.preset}"]
         + ([f"--data {args.data}"] if args.data else []) + ([f"--set {' '.join(args.set)}"] if args.set else []))
     path = export_backbone(cfg, run_dir(cfg), args.name, command)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
@@ -98,7 +101,7 @@ def main(argv=None):
 
     p = sub.add_parser("train", help="train a method, then k-NN + linear probe on the test set")
     common(p)
-    p.add_argument("--method", default="simclr")
+    p.add_argument("--method", help="simclr (the default), byol, swav or dino")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="do not print lesson 0's yardsticks beside the result")
     p.set_defaults(func=cmd_train)
@@ -115,7 +118,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_collapse_study)
     p = sub.add_parser("export", help="save a finished run's evaluated backbone in fp16 to data/pretrained/NAME.pt")
     common(p)
-    p.add_argument("--method", default="simclr")
+    p.add_argument("--method", help="simclr (the default), byol, swav or dino")
     p.add_argument("--name", required=True)
     p.add_argument("--command-line", help="the train command to record (default: train with the same options)")
     p.set_defaults(func=cmd_export)

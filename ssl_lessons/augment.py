@@ -4,6 +4,8 @@ SimCLR (Chen et al. 2020, App. A) composes, per view:
     random resized crop (area in [s_min, 1], aspect in [3/4, 4/3]) -> horizontal flip (p = 0.5)
     -> colour jitter (p = 0.8; brightness 0.8s, contrast 0.8s, saturation 0.8s, hue 0.2s, in random order)
     -> grayscale (p = 0.2);     no Gaussian blur at 32 px, as in the paper's CIFAR-10 setting.
+BYOL and DINO add solarization to one of their two views and use weaker saturation; each method builds its own
+views from `ViewAugment` (methods/*.py), and crops.py assembles them into one `Crops` batch.
 
 torchvision's transforms draw one set of random parameters per call, so they make a batch's views
 per image (~700 img/s on one core here). The functions below are the same operations, with the same
@@ -145,17 +147,38 @@ def _where_sample(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch
     return torch.where(mask.view(-1, 1, 1, 1), a, b)
 
 
+def simclr_jitter(strength: float = 0.5) -> tuple[float, float, float, float]:
+    """SimCLR's colour distortion of strength s as (brightness, contrast, saturation, hue) = (0.8s, 0.8s, 0.8s, 0.2s)
+    (Chen et al. 2020, App. A; s = 0.5 for CIFAR-10, s = 1 for ImageNet, which SwAV's main_swav.py also uses)."""
+    return (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+
+
+# BYOL's (Grill et al. 2020, Table 6) and DINO's (main_dino.py DataAugmentationDINO) colour jitter
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Invert the pixels at or above `threshold`: x -> 1 - x there (torchvision's solarize on [0, 1] floats)."""
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
 class ViewAugment:
-    """One kind of view: crop to `size`, flip, jitter, grayscale, normalise. Callable on uint8 batches.
+    """One kind of view: crop to `size`, flip, colour jitter, grayscale, solarize, normalise. Callable on uint8
+    batches; every random choice is drawn per sample.
 
-    (B, 3, H, W) uint8 on any device -> (B, 3, size, size) float32, standardised with `mean`/`std`."""
+    (B, 3, H, W) uint8 on any device -> (B, 3, size, size) float32, standardised with `mean`/`std`.
 
-    def __init__(self, size: int = 32, scale=(0.08, 1.0), jitter_strength: float = 0.5, jitter_p: float = 0.8,
-                 gray_p: float = 0.2, flip_p: float = 0.5, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    `jitter` is (brightness, contrast, saturation, hue), applied with probability `jitter_p` in a random order.
+    Gaussian blur, which BYOL, SwAV and DINO use at 224 px, is left out: at 32 px a blur of the paper's 10 %-of-
+    the-image kernel wipes out most of the object, and SimCLR's CIFAR-10 setting (App. B.9) drops it for that
+    reason."""
+
+    def __init__(self, size: int = 32, scale=(0.08, 1.0), jitter=simclr_jitter(0.5), jitter_p: float = 0.8,
+                 gray_p: float = 0.2, solarize_p: float = 0.0, flip_p: float = 0.5, mean=CIFAR10_MEAN,
+                 std=CIFAR10_STD):
         self.size, self.scale = size, tuple(scale)
-        s = jitter_strength
-        self.jitter = dict(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
-        self.jitter_p, self.gray_p, self.flip_p = jitter_p, gray_p, flip_p
+        self.jitter = dict(zip(("brightness", "contrast", "saturation", "hue"), jitter))
+        self.jitter_p, self.gray_p, self.solarize_p, self.flip_p = jitter_p, gray_p, solarize_p, flip_p
         self.mean, self.std = mean, std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -171,6 +194,9 @@ class ViewAugment:
             x[jitter] = color_jitter(x[jitter], **self.jitter, generator=generator)
         gray = torch.rand(n, generator=generator, device=dev) < self.gray_p
         x = _where_sample(gray, grayscale(x).expand_as(x), x)
+        if self.solarize_p > 0:
+            sol = torch.rand(n, generator=generator, device=dev) < self.solarize_p
+            x = _where_sample(sol, solarize(x), x)
         return TF.normalize(x, list(self.mean), list(self.std))
 
 
@@ -179,20 +205,3 @@ def unnormalize(x: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Te
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x * s + m).clamp(0, 1)
-
-
-class MultiCrop:
-    """Multi-crop (Caron et al. 2020, SwAV sec. 3.2; reused by DINO and DINOv2): 2 global views at full size
-    from large crops and `n_local` small views from small crops, each with the same colour distortions.
-
-    (B, 3, H, W) uint8 -> [global_1, global_2, local_1, ..., local_n], each (B, 3, size, size) float."""
-
-    def __init__(self, global_size: int = 32, local_size: int = 16, n_local: int = 4,
-                 global_scale=(0.14, 1.0), local_scale=(0.05, 0.14), jitter_strength: float = 0.5):
-        self.global_view = ViewAugment(global_size, global_scale, jitter_strength)
-        self.local_view = ViewAugment(local_size, local_scale, jitter_strength)
-        self.n_global, self.n_local = 2, n_local
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        views = [self.global_view(images, generator) for _ in range(self.n_global)]
-        return views + [self.local_view(images, generator) for _ in range(self.n_local)]

@@ -15,7 +15,7 @@ import torch
 
 from .data import load_dataset
 from .methods import build_method
-from .train import _autocast, param_groups, pick_device
+from .train import _autocast, pick_device
 
 
 def _median_rate(fn, n_items: int, steps: int, warmup: int = 3) -> float:
@@ -33,10 +33,10 @@ def main(cfg, steps: int = 20) -> dict:
     data = load_dataset(cfg)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(method), lr=1e-4)
+    optimizer = torch.optim.AdamW(method.param_groups(), lr=1e-4)
     generator = torch.Generator(device=device).manual_seed(0)
     images = data.train_images[:cfg.batch_size].to(device)
-    views = method.make_views(images, generator)
+    crops = method.make_views(images, generator)
 
     def augment():
         method.make_views(images, generator)
@@ -45,7 +45,7 @@ def main(cfg, steps: int = 20) -> dict:
 
     def step():
         with _autocast(cfg, device):
-            loss, _ = method(views)
+            loss, _ = method(crops)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -54,8 +54,8 @@ def main(cfg, steps: int = 20) -> dict:
             torch.cuda.synchronize()
 
     def step_with_views():
-        nonlocal views
-        views = method.make_views(images, generator)
+        nonlocal crops
+        crops = method.make_views(images, generator)
         step()
 
     n = cfg.batch_size
@@ -63,7 +63,7 @@ def main(cfg, steps: int = 20) -> dict:
               "train_img_per_s (views given)": _median_rate(step, n, steps),
               "train_img_per_s (views made each step)": _median_rate(step_with_views, n, steps)}
     print(f"{cfg.method} / {cfg.preset} on {device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads), batch {n}, {len(views)} views, median of {steps} steps:")
+          f"{torch.get_num_threads()} threads), batch {n}, {crops.n_views} views, median of {steps} steps:")
     for k, v in result.items():
-        print(f"  {k:40s} {v:8.0f} images/s   ({v * len(views):.0f} views/s)")
+        print(f"  {k:40s} {v:8.0f} images/s   ({v * crops.n_views:.0f} views/s)")
     return result

@@ -27,7 +27,8 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Tensors and plain Python types only (weights_only=True): a planted file cannot run code."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise RuntimeError(f"checkpoint {path} is unreadable ({e}); delete it to start the run afresh.") from e

@@ -1,20 +1,29 @@
-"""Configuration as one plain dataclass, presets as named overrides, and a strict override step.
+"""Configuration: one plain dataclass for what every run shares, plus the recipe of the chosen method.
 
-    cfg = make_config("cifar10-laptop", {"epochs": "2", "lr": "2e-3"})
+    cfg = make_config("cifar10-laptop", {"method": "swav", "epochs": "2", "queue_length": "3840"})
+    cfg.lr, cfg.recipe.queue_length
 
-Unknown keys and values of the wrong type are rejected with a message that says what is allowed.
+A method declares its own fields and defaults beside its code (`methods/<name>.py`: a `Recipe` dataclass, the
+general fields it changes (`DEFAULTS`) and what each preset changes for it (`PRESETS`)). An override key is looked up
+in `Config`, then in the method's recipe; unknown keys and values of the wrong type are rejected with a message
+that says what is allowed. The order: PRESETS[preset], the method's DEFAULTS, the method's PRESETS[preset], then
+the overrides.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class Config:
     # --- what to learn from -------------------------------------------------------------------
-    method: str = "simclr"          # simclr, byol, swav, dino
+    method: str = "simclr"          # simclr, byol, swav, dino (methods/__init__.py); its recipe is `recipe`
     dataset: str = "cifar10"        # "cifar10", or the path of any ImageFolder tree (train/ and test/ inside)
     data_source: str = ""           # CIFAR-10 folder or .tar.gz; empty = $SSL_LESSONS_CIFAR10, data/, or download
     image_size: int = 32            # images are cached at this size (ImageFolder trees are resized to it)
@@ -27,41 +36,9 @@ class Config:
     depth: int = 6
     num_heads: int = 3
     global_pool: str = "avg"        # ViT feature: "avg" of the patch tokens or the CLS "token"
-    # --- views --------------------------------------------------------------------------------------
-    crop_scale_min: float = 0.08    # RandomResizedCrop area range (crop_scale_min, 1)
-    jitter_strength: float = 0.5    # colour distortion strength s (SimCLR App. A: 0.5 for CIFAR-10)
-    # --- SimCLR ---------------------------------------------------------------------------------------
-    proj_hidden_dim: int = 512
-    proj_dim: int = 128
-    temperature: float = 0.5        # NT-Xent tau; the paper's CIFAR-10 setting is 0.5
-    # --- BYOL (lesson 2) --------------------------------------------------------------------------------
-    pred_hidden_dim: int = 512
-    teacher_momentum: float = 0.996     # EMA momentum tau at the start; cosine up to teacher_momentum_end
-    teacher_momentum_end: float = 1.0
-    use_predictor: bool = True          # False: the collapse study's "no predictor" run
-    # --- SwAV and multi-crop (lesson 3) -------------------------------------------------------------------
-    num_prototypes: int = 300
-    swav_temperature: float = 0.1
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iters: int = 3
-    freeze_prototypes: float = 0.05     # fraction of training with frozen prototypes (the paper: the first epoch)
-    queue_length: int = 0               # past embeddings Sinkhorn also balances over (0 = no queue)
-    n_local_crops: int = 4              # multi-crop: 2 global views + this many local views
-    local_size: int = 16
-    global_scale_min: float = 0.14      # global crops cover (global_scale_min, 1) of the image
-    local_scale_min: float = 0.05       # local crops cover (local_scale_min, global_scale_min)
-    # --- DINO (lesson 4) ------------------------------------------------------------------------------------
-    dino_out_dim: int = 4096            # K, the head's output dimension (the paper: 65536 for ImageNet)
-    dino_hidden_dim: int = 2048
-    dino_bottleneck_dim: int = 256
-    norm_last_layer: bool = True        # fix the norm of the last layer's rows to 1 (weight normalisation, g = 1)
-    freeze_last_layer: float = 0.01     # fraction of training with the last layer frozen (the paper: 1 of 100 epochs)
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07          # reached after the warm-up ...
-    teacher_temp_start: float = 0.04    # ... from this value
-    teacher_temp_warmup: float = 0.3    # fraction of training (the paper: 30 of 100 epochs)
-    centering: bool = True              # False: the collapse study's "no centering" run
-    center_momentum: float = 0.9
+    drop_path_rate: float = 0.0     # stochastic depth of the student ViT (the teacher runs without it)
+    layerscale_init: float = 0.0    # LayerScale's initial value (DINOv2: 1e-5); 0 = no LayerScale
+    register_tokens: int = 0        # extra learned tokens beside CLS (Darcet et al. 2024); 0 = none
     # --- optimisation -------------------------------------------------------------------------------
     epochs: float = 100.0           # may be fractional
     batch_size: int = 256           # global batch (split across DDP ranks)
@@ -77,7 +54,7 @@ class Config:
     amp: bool = True                # bf16 autocast where the device supports it well (cuda)
     out_dir: str = ""               # empty = runs/<method>-<preset>
     ckpt_every: int = 200           # steps between checkpoints (one is always written at the end)
-    log_every: int = 10             # steps between history records
+    log_every: int = 10             # steps between history records (and the only steps that compute diagnostics)
     knn_every: float = 0.0          # epochs between k-NN evaluations during training (0 = only at the end)
     knn_bank: int = 10000           # training images in the bank of the periodic k-NN (the final one uses all)
     knn_k: int = 20
@@ -85,23 +62,38 @@ class Config:
     linear_probe: bool = True       # also fit a logistic-regression probe at the end
     probe_max_iter: int = 1000      # L-BFGS iterations of the probe (scikit-learn warns if it stops before converging)
     eval_batch_size: int = 512
+    # --- the method's own fields (a methods.<name>.Recipe), set by make_config -------------------
+    recipe: Any = field(default=None, metadata={"internal": True})
     preset: str = field(default="", metadata={"internal": True})
 
 
 PRESETS: dict[str, dict] = {
     # The learner's default: about 15 minutes of training on a 2-core laptop CPU.
     "cifar10-laptop": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, global_pool="avg",
-                           epochs=3.5, batch_size=128, lr=2e-3, warmup=0.05, temperature=0.2,
-                           crop_scale_min=0.2, knn_every=1.0),
+                           epochs=3.5, batch_size=128, lr=2e-3, warmup=0.05, knn_every=1.0),
     # A tiny budget for tests: seconds, not minutes. Its numbers mean nothing.
     "smoke": dict(train_subset=1024, test_subset=512, patch_size=8, embed_dim=64, depth=2, num_heads=2,
-                  proj_hidden_dim=64, proj_dim=32, epochs=0.25, batch_size=64, ckpt_every=2, log_every=1,
+                  epochs=0.25, batch_size=64, ckpt_every=2, log_every=1,
                   knn_every=0.125, knn_bank=1024, linear_probe=True, probe_max_iter=100, eval_batch_size=256),
 }
 
 
 class ConfigError(ValueError):
     pass
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds; recipes use it in their `validate`."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def general_fields() -> dict[str, type]:
+    return {f.name: type(getattr(Config, f.name)) for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
+
+
+def recipe_fields(recipe) -> dict[str, type]:
+    return {f.name: type(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
 
 
 def _parse(name: str, text, target_type):
@@ -121,96 +113,110 @@ def _parse(name: str, text, target_type):
         value = float(value)
     if not isinstance(value, target_type) or (target_type is int and isinstance(value, bool)):
         raise ConfigError(f"{name} takes a {target_type.__name__}, not {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, not {text!r}")
     return value
 
 
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """Return a copy of cfg with overrides (strings from the command line, or Python values) applied."""
-    types = {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if not f.metadata.get("internal")}
-    changes = {}
+    """Return a copy of cfg with overrides (strings from the command line, or Python values) applied to its general
+    fields and to its method's recipe."""
+    general, own = general_fields(), recipe_fields(cfg.recipe)
+    changes, recipe_changes = {}, {}
     for key, text in overrides.items():
-        if key not in types:
-            close = difflib.get_close_matches(key, types, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}.{hint} Known keys: {', '.join(sorted(types))}")
-        changes[key] = _parse(key, text, types[key])
-    return validate(dataclasses.replace(cfg, **changes))
+        if key == "method":
+            if text != cfg.method:
+                raise ConfigError(f"method is {cfg.method!r} and cannot be changed by an override to {text!r}: "
+                                  "choose it with --method (or make_config's overrides)")
+            continue
+        if key in general:
+            changes[key] = _parse(key, text, general[key])
+        elif key in own:
+            recipe_changes[key] = _parse(key, text, own[key])
+        else:
+            raise ConfigError(_unknown_key_message(key, cfg.method, general, own))
+    recipe = dataclasses.replace(cfg.recipe, **recipe_changes)
+    return validate(dataclasses.replace(cfg, **changes, recipe=recipe))
+
+
+def _unknown_key_message(key: str, method: str, general: dict, own: dict) -> str:
+    from .methods import METHODS
+    elsewhere = [name for name, cls in METHODS.items() if name != method and key in recipe_fields(cls.Recipe())]
+    if elsewhere:
+        return f"config key {key!r} belongs to {' and '.join(elsewhere)}, not to {method}"
+    known = sorted(general) + sorted(own)
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"unknown config key {key!r}.{hint} Known keys: {', '.join(sorted(general))}; "
+            f"{method}'s: {', '.join(sorted(own))}")
 
 
 def validate(cfg: Config) -> Config:
-    positive = ["image_size", "patch_size", "embed_dim", "depth", "num_heads", "batch_size", "epochs", "lr",
-                "temperature", "ckpt_every", "log_every", "knn_k", "knn_temperature", "eval_batch_size"]
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    for key in ("num_prototypes", "swav_temperature", "sinkhorn_epsilon", "sinkhorn_iters", "local_size"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    for key in ("teacher_momentum", "teacher_momentum_end", "freeze_prototypes", "global_scale_min",
-                "local_scale_min"):
-        if not 0 <= getattr(cfg, key) <= 1:
-            raise ConfigError(f"{key} must be in [0, 1], got {getattr(cfg, key)}")
-    for key in ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim", "student_temp", "teacher_temp",
-                "teacher_temp_start"):
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    for key in ("freeze_last_layer", "center_momentum"):
-        if not 0 <= getattr(cfg, key) <= 1:
-            raise ConfigError(f"{key} must be in [0, 1], got {getattr(cfg, key)}")
-    if not 0 <= cfg.teacher_temp_warmup < 1:
-        raise ConfigError(f"teacher_temp_warmup is a fraction of training in [0, 1), got {cfg.teacher_temp_warmup}")
-    if cfg.local_scale_min >= cfg.global_scale_min:
-        raise ConfigError(f"local_scale_min ({cfg.local_scale_min}) must be below global_scale_min "
-                          f"({cfg.global_scale_min}): local crops are the small ones")
-    if cfg.queue_length < 0 or cfg.n_local_crops < 0:
-        raise ConfigError("queue_length and n_local_crops must be >= 0")
-    if not 0 <= cfg.warmup < 1:
-        raise ConfigError(f"warmup is a fraction of training in [0, 1), got {cfg.warmup}")
-    if not 0 < cfg.crop_scale_min <= 1:
-        raise ConfigError(f"crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
-    if cfg.global_pool not in ("avg", "token"):
-        raise ConfigError(f"global_pool is 'avg' or 'token', got {cfg.global_pool!r}")
-    if cfg.backbone not in ("vit", "resnet18"):
-        raise ConfigError(f"backbone is 'vit' or 'resnet18', got {cfg.backbone!r}")
+    for key in ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "batch_size", "epochs", "lr",
+                "ckpt_every", "log_every", "knn_k", "knn_temperature", "eval_batch_size", "knn_bank"):
+        require(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
+    for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "layerscale_init",
+                "register_tokens", "train_subset", "test_subset", "knn_every"):
+        require(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
+    require(0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}")
+    require(cfg.drop_path_rate < 1, f"drop_path_rate is a probability below 1, got {cfg.drop_path_rate}")
+    require(cfg.global_pool in ("avg", "token"), f"global_pool is 'avg' or 'token', got {cfg.global_pool!r}")
+    require(cfg.backbone in ("vit", "resnet18"), f"backbone is 'vit' or 'resnet18', got {cfg.backbone!r}")
+    if cfg.backbone == "vit":
+        require(cfg.image_size % cfg.patch_size == 0,
+                f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        require(cfg.embed_dim % cfg.num_heads == 0,
+                f"embed_dim {cfg.embed_dim} is not a multiple of num_heads {cfg.num_heads}")
+    cfg.recipe.validate(cfg)
     return cfg
 
 
-# A method's own recipe, whatever the preset (applied after PRESETS[preset]): DINO's from main_dino.py.
-METHOD_DEFAULTS: dict[str, dict] = {
-    "dino": dict(weight_decay=0.04, weight_decay_end=0.4, global_pool="token", global_scale_min=0.4,
-                 local_scale_min=0.05),
-}
-
-# What a preset changes for one method only: (preset, method) -> overrides, applied after PRESETS[preset].
-# BYOL's target forward and SwAV's local crops cost extra per image, so fewer epochs fit the same ~15 minutes.
-METHOD_PRESETS: dict[tuple[str, str], dict] = {
-    ("cifar10-laptop", "byol"): dict(epochs=2.6, teacher_momentum=0.99),  # BYOL's tau for short runs / small batches
-    ("cifar10-laptop", "swav"): dict(epochs=2.3, num_prototypes=100),
-    ("smoke", "swav"): dict(n_local_crops=2, num_prototypes=16),
-    # DINO: main_dino.py's default teacher temperature, a constant 0.04 (measured steadier here than the
-    # 0.04 -> 0.07 warm-up of the paper's best ViT-S runs, which Config keeps as its default; see lesson 4)
-    ("cifar10-laptop", "dino"): dict(epochs=1.6, teacher_momentum=0.99, dino_out_dim=4096, dino_hidden_dim=1024,
-                                     freeze_last_layer=0.05, teacher_temp=0.04),
-    ("smoke", "dino"): dict(n_local_crops=2, dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32),
-}
+def method_class(name: str):
+    from .methods import METHODS
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"unknown method {name!r}.{hint} Choose one of {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def make_config(preset: str = "cifar10-laptop", overrides: dict | None = None) -> Config:
-    """PRESETS[preset], METHOD_DEFAULTS[method], METHOD_PRESETS[(preset, method)], then `overrides` (which may
-    name the method)."""
+    """PRESETS[preset], the method's DEFAULTS, the method's PRESETS[preset], then `overrides` (which may name the
+    method; it is the one place the method is chosen)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    method = (overrides or {}).get("method", Config.method)
-    cfg = apply_overrides(Config(), {**PRESETS[preset], **METHOD_DEFAULTS.get(method, {}),
-                                     **METHOD_PRESETS.get((preset, method), {})})
-    cfg = dataclasses.replace(cfg, preset=preset)
-    return apply_overrides(cfg, overrides or {})
+    overrides = dict(overrides or {})
+    method = overrides.pop("method", Config.method)
+    cls = method_class(method)
+    cfg = Config(method=method, recipe=cls.Recipe(), preset=preset)
+    cfg = apply_overrides(cfg, {**PRESETS[preset], **cls.DEFAULTS, **cls.PRESETS.get(preset, {})})
+    return apply_overrides(cfg, overrides)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain types only (saved in checkpoints and results): the general fields and {"recipe": {...}}."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(saved: dict) -> Config:
+    """The Config a checkpoint or an exported backbone recorded. Records written before recipes existed kept every
+    field flat; their backbone and general fields are read, the method's fields take today's defaults."""
+    cls = method_class(saved.get("method", Config.method))
+    general = {k: v for k, v in saved.items() if k in general_fields() or k == "preset"}
+    recipe_keys = recipe_fields(cls.Recipe())
+    recipe = cls.Recipe(**{k: v for k, v in (saved.get("recipe") or {}).items() if k in recipe_keys})
+    return Config(**general, recipe=recipe)
+
+
+def flat_config(cfg: Config) -> dict:
+    """{general field or recipe field: value}: one level, for comparing two configs key by key."""
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "recipe"}
+    return {**out, **dataclasses.asdict(cfg.recipe)}
 
 
 def variant_configs(preset: str, method: str, variants: dict[str, dict], **common) -> dict[str, Config]:
     """One config per named variant of a method (an ablation), each writing to its own run folder
     runs/<method>-<preset>-<variant slug>. `common` overrides apply to all of them."""
-    import re
     out = {}
     for name, changes in variants.items():
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -224,7 +230,6 @@ SMOKE_ENV = "SSL_LESSONS_SMOKE"
 
 def notebook_preset() -> str:
     """The preset a notebook runs at: the learner's "cifar10-laptop", or "smoke" when $SSL_LESSONS_SMOKE=1 (tests)."""
-    import os
     return "smoke" if os.environ.get(SMOKE_ENV, "") not in ("", "0") else "cifar10-laptop"
 
 

@@ -13,21 +13,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import normalize
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 512, device="cpu",
                      desc: str = "features") -> torch.Tensor:
-    """uint8 images (N, 3, H, W) -> model features (N, D) float32 on the CPU, in eval mode, with a progress bar."""
-    was_training = model.training
+    """uint8 images (N, 3, H, W) -> model features (N, D) float32 on the CPU, in eval mode, with a progress bar.
+
+    Under torchrun every rank takes part (a collective, as a sharded model needs): each embeds an equal slice of
+    the images and the slices are gathered, so every rank returns all N features."""
+    modes = {m: m.training for m in model.modules()}  # restored exactly (a teacher keeps its own modes)
     model.eval()
+    rank, world = distributed.rank(), distributed.world_size()
+    per_rank = -(-len(images) // world)
+    own = images[rank * per_rank:(rank + 1) * per_rank]
+    if len(own) < per_rank:  # the last ranks pad with copies of the first image; the padding is cut below
+        own = torch.cat([own, images[:1].expand(per_rank - len(own), *images.shape[1:])])
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, mininterval=1.0):
-        batch = normalize(images[start:start + batch_size].to(device))
-        out.append(model(batch).float().cpu())
-    model.train(was_training)
-    return torch.cat(out)
+    for start in tqdm(range(0, per_rank, batch_size), desc=desc, leave=False, mininterval=1.0,
+                      disable=rank != 0):
+        batch = normalize(own[start:start + batch_size].to(device))
+        out.append(model(batch).float())
+    features = distributed.all_gather_rows(torch.cat(out)).cpu()[:len(images)]
+    for m, mode in modes.items():
+        m.training = mode
+    return features
 
 
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
@@ -76,13 +88,18 @@ def linear_probe(train_features, train_labels, test_features, test_labels, max_i
 
 def evaluate(model: nn.Module, data, device="cpu", k: int = 20, temperature: float = 0.07,
              probe: bool = True, batch_size: int = 512, probe_max_iter: int = 1000) -> dict:
-    """k-NN (and linear-probe) top-1 of `model`'s features: bank = data's training images, queries = its test images."""
+    """k-NN (and linear-probe) top-1 of `model`'s features: bank = data's training images, queries = its test images.
+
+    Under torchrun every rank extracts features (collectively); rank 0 fits the classifiers and every rank
+    returns its result."""
     train = extract_features(model, data.train_images, batch_size, device, desc="bank features")
     test = extract_features(model, data.test_images, batch_size, device, desc="test features")
-    result = {"knn_top1": knn_top1(train, data.train_labels, test, data.test_labels, k, temperature)}
-    if probe:
-        result["linear_top1"] = linear_probe(train, data.train_labels, test, data.test_labels, probe_max_iter)
-    return result
+    result = None
+    if distributed.is_main():
+        result = {"knn_top1": knn_top1(train, data.train_labels, test, data.test_labels, k, temperature)}
+        if probe:
+            result["linear_top1"] = linear_probe(train, data.train_labels, test, data.test_labels, probe_max_iter)
+    return distributed.broadcast_object(result)
 
 
 def yardsticks(cfg, data, device="cpu", probe: bool = True) -> dict:

@@ -10,14 +10,13 @@ the run's log). A lesson loads one next to its short live run and says which res
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
 from .checkpoint import atomic_save, load_checkpoint
-from .config import Config
+from .config import Config, config_from_dict, config_to_dict
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 
@@ -36,7 +35,7 @@ def export_backbone(cfg: Config, out_dir: Path, name: str, command: str, directo
     weights = {k: v.half() if v.is_floating_point() else v for k, v in method.eval_backbone.state_dict().items()}
     history = json.loads((Path(out_dir) / "history.json").read_text())
     path = Path(directory) / f"{name}.pt"
-    atomic_save({"config": dataclasses.asdict(cfg), "backbone": weights, "result": json.loads(result_path.read_text()),
+    atomic_save({"config": config_to_dict(cfg), "backbone": weights, "result": json.loads(result_path.read_text()),
                  "evals": history["evals"], "history": history["history"], "command": command}, path)
     return path
 
@@ -51,7 +50,7 @@ def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn
         raise FileNotFoundError(f"no exported backbone {path}; available: {available or 'none'}. Make it with "
                                 "`python -m ssl_lessons train ...` and then `python -m ssl_lessons export ...` "
                                 "(see data/pretrained/README.md for the exact commands)")
-    record = torch.load(path, map_location="cpu", weights_only=False)
-    backbone = backbone_from_config(Config(**record["config"]))
+    record = load_checkpoint(path)
+    backbone = backbone_from_config(config_from_dict(record["config"]))
     backbone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in record["backbone"].items()})
     return backbone.eval(), {k: v for k, v in record.items() if k != "backbone"}

@@ -9,8 +9,13 @@ with tau on a cosine schedule from a base value (0.996) up to 1 over training (B
 
     tau(p) = 1 - (1 - tau_base) * (cos(pi * p) + 1) / 2,        p = step / total_steps in [0, 1].
 
-Parameters follow by the EMA; buffers (BatchNorm running statistics) are copied from the student, as in the
-official BYOL and DINO code, which average parameters only.
+Only parameters follow by the EMA, as in the official BYOL and DINO code; the teacher's buffers (BatchNorm running
+statistics) are its own, kept up to date by its own forward passes.
+
+The teacher runs in eval mode, so it has no dropout and no stochastic depth (dinov2's `SSLMetaArch.train` keeps
+`self.teacher.eval()`), except its BatchNorm layers: they normalise with the statistics of the teacher's own batch,
+as the official BYOL target network and DINO's ResNet teacher do (in eval mode their running averages, which
+start at 0 and 1 and never moved, would be used instead).
 """
 from __future__ import annotations
 
@@ -28,20 +33,28 @@ def momentum_schedule(progress: float, base: float = 0.996, end: float = 1.0) ->
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """A frozen deep copy of `student` (no gradients, kept in train mode like the student)."""
+    """A frozen deep copy of `student`: no gradients, in the teacher's mode (see set_teacher_mode)."""
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
         p.requires_grad_(False)
+    teacher.is_momentum_teacher = True  # Method.train keeps it in the teacher's mode
+    return set_teacher_mode(teacher, training=True)
+
+
+def set_teacher_mode(teacher: nn.Module, training: bool = True) -> nn.Module:
+    """Eval mode (no dropout, no drop path), except BatchNorm, which follows `training` (batch statistics)."""
+    teacher.eval()
+    for m in teacher.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train(training)
     return teacher
 
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """theta_t <- m * theta_t + (1 - m) * theta_s for every parameter; buffers are copied."""
+    """theta_t <- m * theta_t + (1 - m) * theta_s for every parameter; the teacher's buffers stay its own."""
     t_params, s_params = list(teacher.parameters()), list(student.parameters())
     if len(t_params) != len(s_params):
         raise ValueError("teacher and student have different parameters: build the teacher with make_teacher")
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1.0 - momentum)
-    for t_buf, s_buf in zip(teacher.buffers(), student.buffers()):
-        t_buf.copy_(s_buf)

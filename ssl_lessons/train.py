@@ -25,10 +25,11 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint
-from .config import Config
+from .config import Config, config_from_dict, config_to_dict, flat_config
 from .data import load_dataset
 from .evaluation import evaluate, extract_features, knn_top1
 from .methods import build_method
+from .optim import apply_schedules, clip_gradients, drop_frozen_gradients
 from .schedules import cosine_schedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,24 +51,6 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 def run_dir(cfg: Config) -> Path:
     return Path(cfg.out_dir) if cfg.out_dir else RUNS_DIR / f"{cfg.method}-{cfg.preset or 'custom'}"
-
-
-def param_groups(module: nn.Module) -> list[dict]:
-    """Weight decay on weight matrices only; none on biases and norm parameters (as DINO's get_params_groups)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
-    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "apply_wd": False, "weight_decay": 0.0}]
-
-
-def clip_gradients(module: nn.Module, max_norm: float) -> None:
-    """Clip each parameter's gradient to norm <= max_norm on its own (DINO's utils.clip_gradients)."""
-    for p in module.parameters():
-        if p.grad is not None:
-            norm = p.grad.norm(2)
-            p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
 
 def _autocast(cfg: Config, device: torch.device):
@@ -112,31 +95,37 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
         if device.type == "cuda":  # SimCLR's global BN; SyncBatchNorm has no CPU kernel (there DDP syncs buffers)
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(method.param_groups(), lr=0.0, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
 
     step, history, evals, train_seconds = 0, [], [], 0.0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         _check_compatible(ckpt["config"], cfg, ckpt_path)
+        if len(ckpt["rank_states"]) != world:
+            raise ValueError(f"{ckpt_path} was written by {len(ckpt['rank_states'])} processes; resume it with as "
+                             f"many (now {world}), or start afresh with another out_dir")
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, history, evals, train_seconds = ckpt["step"], ckpt["history"], ckpt["evals"], ckpt["train_seconds"]
-        generator.set_state(ckpt["rng"][rank]["generator"])
-        torch.set_rng_state(ckpt["rng"][rank]["torch"])
+        own = ckpt["rank_states"][rank]
+        generator.set_state(own["generator"])
+        torch.set_rng_state(own["torch"])
+        method.load_rank_state(own["method"])
     elif rank == 0:
         (out_dir / "results.json").unlink(missing_ok=True)  # a fresh run: no stale result may stand for it
 
     def save_checkpoint():
+        """Collective: every rank takes its part (a sharded model's state_dict needs them all); rank 0 writes."""
         distributed.broadcast_buffers(method)
-        states = [_rng_state(generator)]
-        if world > 1:
-            states = [None] * world
-            torch.distributed.all_gather_object(states, _rng_state(generator))
+        rank_states = distributed.all_gather_objects(
+            {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state(), "method": method.rank_state()})
+        state = {"config": config_to_dict(cfg), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                 "step": step, "history": history, "evals": evals, "train_seconds": train_seconds,
+                 "rank_states": rank_states}
         if rank == 0:
-            atomic_save({"config": dataclasses.asdict(cfg), "method": method.state_dict(),
-                         "optimizer": optimizer.state_dict(), "step": step, "history": history, "evals": evals,
-                         "train_seconds": train_seconds, "rng": states}, ckpt_path)
+            atomic_save(state, ckpt_path)
+        distributed.barrier()
 
     train_images = data.train_images.to(device)
     sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
@@ -163,22 +152,21 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
             progress = step / total_steps
             lr = cosine_schedule(progress, peak_lr, cfg.min_lr, warmup=cfg.warmup)
             wd = cosine_schedule(progress, cfg.weight_decay, cfg.weight_decay_end)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if group["apply_wd"]:
-                    group["weight_decay"] = wd
+            apply_schedules(optimizer, lr, wd, progress)
+            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
+            save_now = (step + 1) % cfg.ckpt_every == 0 or step + 1 in (total_steps, stop_after)
 
             method.before_step(progress)
             images = train_images[order[b * local_batch:(b + 1) * local_batch].to(device)]
-            views = method.make_views(images, generator)
+            crops = method.make_views(images, generator)
             with _autocast(cfg, device):
-                loss, logs = model(views)
-            if not torch.isfinite(loss):
+                loss, logs = model(crops, diagnostics=log_now)
+            if (log_now or save_now) and not torch.isfinite(loss):  # a sync: only where a record or file is made
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower lr (now {lr:.2e}) "
                                          "or raise the temperature; the last checkpoint is intact.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            method.after_backward(progress)
+            drop_frozen_gradients(optimizer, progress)
             if cfg.clip_grad:
                 clip_gradients(method, cfg.clip_grad)
             optimizer.step()
@@ -186,13 +174,16 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
             step += 1
             train_seconds += time.perf_counter() - tic
 
-            if step % cfg.log_every == 0 or step == total_steps:
-                history.append({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(), "lr": lr,
-                                "weight_decay": wd, **logs})
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}", refresh=False)
+            if log_now:  # the mean over ranks, so every rank (and its checkpoint) keeps the same history
+                values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).detach()
+                                      for v in (loss, *logs.values())])
+                values = distributed.all_reduce_mean(values).tolist()
+                history.append({"step": step, "epoch": step / steps_per_epoch, "loss": values[0], "lr": lr,
+                                "weight_decay": wd, **dict(zip(logs, values[1:]))})
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", lr=f"{lr:.1e}", refresh=False)
             if knn_every_steps and (step % knn_every_steps == 0 or step == total_steps):
                 record_knn()
-            if step % cfg.ckpt_every == 0 or step == total_steps or step == stop_after:
+            if save_now:
                 save_checkpoint()
             bar.update()
             if step >= total_steps or step == stop_after:
@@ -214,14 +205,13 @@ def periodic_knn(backbone: nn.Module, data, cfg: Config, device) -> float:
     return knn_top1(train, bank.train_labels, test, bank.test_labels, cfg.knn_k, cfg.knn_temperature)
 
 
-def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch) -> dict | None:
+def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch) -> dict:
+    """The final k-NN (and probe) on every rank (collective), written by rank 0; every rank returns the result."""
     result_path = out_dir / "results.json"
     if result_path.exists():
         result = json.loads(result_path.read_text())
         if result.get("steps") == step:
             return result  # this run was finished and evaluated before
-    if not distributed.is_main():
-        return None
     metrics = evaluate(method.eval_backbone, data, device, cfg.knn_k, cfg.knn_temperature, cfg.linear_probe,
                        cfg.eval_batch_size, cfg.probe_max_iter)
     result = {"method": cfg.method, "preset": cfg.preset, **metrics, "train_minutes": train_seconds / 60,
@@ -229,7 +219,9 @@ def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, s
               "train_images_per_second": step * cfg.batch_size / max(train_seconds, 1e-9),
               "bank": len(data.train_labels), "queries": len(data.test_labels),
               "final_logs": {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {},
-              "config": dataclasses.asdict(cfg)}
+              "config": config_to_dict(cfg)}
+    if not distributed.is_main():
+        return result
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "history.json").write_text(json.dumps({"history": history, "evals": evals}, indent=1))
     _atomic_write_text(result_path, json.dumps(result, indent=1))
@@ -248,9 +240,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def _check_compatible(saved: dict, cfg: Config, path: Path) -> None:
-    current = dataclasses.asdict(cfg)
-    # keys the saved config lacks were added to Config later, with defaults that keep the old behaviour
-    diff = {k: (saved[k], v) for k, v in current.items() if k in saved and k not in RESUMABLE_CHANGES and saved[k] != v}
+    if saved.get("method") != cfg.method:
+        raise ValueError(f"{path} belongs to a {saved.get('method')} run, not {cfg.method}: choose another out_dir "
+                         "(or delete the checkpoint)")
+    before, now = flat_config(config_from_dict(saved)), flat_config(cfg)
+    diff = {k: (before[k], v) for k, v in now.items() if k not in RESUMABLE_CHANGES and before.get(k) != v}
     if diff:
         pretty = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{path} was written with a different config ({pretty}). Resume with the same settings, "

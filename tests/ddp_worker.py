@@ -1,5 +1,7 @@
-"""Run by test_ddp.py under `torchrun --nproc_per_node=2`: a few smoke steps of a method (argv[2], default simclr),
-then each rank saves its weights, losses, and (DINO) a center updated from rank-specific teacher outputs."""
+"""Run by test_ddp.py under `torchrun --nproc_per_node=2 ddp_worker.py OUT MODE`. Each rank saves what it ends with
+to OUT/rank<r>.pt. MODE is a method name (a few smoke steps of training; SwAV with its queue on), "swav-resume"
+(SwAV with a queue, stopped after 2 steps and resumed, beside an uninterrupted run) or "sinkhorn" (codes of this
+rank's rows of one global score matrix, the ranks holding different numbers of rows)."""
 import sys
 from pathlib import Path
 
@@ -14,14 +16,44 @@ from ssl_lessons.losses.dino import DINOLoss  # noqa: E402
 from ssl_lessons.train import train  # noqa: E402
 
 out = Path(sys.argv[1])
-method = sys.argv[2] if len(sys.argv) > 2 else "simclr"
-cfg = make_config("smoke", {"method": method, "out_dir": str(out / "run"), "knn_every": 0.0, "linear_probe": False,
-                            "knn_bank": 256, "epochs": 1.0, "batch_size": 64})
-run = train(cfg, data=make_tiny_data(), show_progress=False)
+mode = sys.argv[2] if len(sys.argv) > 2 else "simclr"
+
+
+def smoke(method, name, **extra):
+    overrides = {"method": method, "out_dir": str(out / name), "knn_every": 0.0, "linear_probe": False,
+                 "knn_bank": 256, "epochs": 1.0, "batch_size": 64, **extra}
+    if method == "swav":  # a queue of 64 rows in all: 32 a rank, one local batch; in use from the second step on
+        overrides.update(queue_length=64, queue_start=0.0)
+    return make_config("smoke", overrides)
+
+
+if mode == "sinkhorn":
+    from ssl_lessons.distributed import setup
+    from ssl_lessons.sinkhorn import sinkhorn_knopp
+    setup()
+    rank = dist.get_rank()
+    scores = torch.load(out / "scores.pt")  # (16, 5)
+    rows = scores[:6] if rank == 0 else scores[6:]  # 6 rows here, 10 there
+    codes = sinkhorn_knopp(rows, epsilon=0.05, iters=3, n_samples=len(scores))
+    torch.save({"codes": codes}, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+    sys.exit(0)
+
+data = make_tiny_data()
+method = "swav" if mode == "swav-resume" else mode
+run = train(smoke(method, "run"), data=data, show_progress=False)
 rank = dist.get_rank()
 saved = {"state": run["method"].state_dict(), "losses": [h["loss"] for h in run["history"]],
-         "world": dist.get_world_size()}
-if method == "dino":
+         "world": dist.get_world_size(), "rank_state": run["method"].rank_state(), "result": run["result"]}
+if mode == "swav-resume":
+    cfg = smoke("swav", "split")
+    first = train(cfg, data=data, stop_after=2, show_progress=False)
+    assert first["result"] is None
+    resumed = train(cfg, data=data, show_progress=False)
+    saved["resumed_state"] = resumed["method"].state_dict()
+    saved["resumed_rank_state"] = resumed["method"].rank_state()
+    saved["resumed_losses"] = [h["loss"] for h in resumed["history"]]
+if mode == "dino":
     # outside DDP (which would broadcast buffers anyway): each rank sees different teacher outputs
     loss_fn = DINOLoss(3, center_momentum=0.9)
     own = torch.full((2, 3), float(rank + 1))  # rank 0: ones, rank 1: twos -> global mean 1.5

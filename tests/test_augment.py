@@ -77,3 +77,35 @@ def test_grayscale_probability_one_gives_equal_channels(tiny_data):
 
 def test_zero_hue_shift_is_the_identity(images01):
     assert torch.allclose(adjust_hue(images01.clone(), torch.zeros(6)), images01, atol=1e-5)
+
+
+def test_solarize_equals_torchvision(images01):
+    from ssl_lessons.augment import solarize
+    assert torch.allclose(solarize(images01.clone()), torch.stack([TF.solarize(x, 0.5) for x in images01]))
+
+
+def test_each_method_makes_its_papers_views():
+    from ssl_lessons.config import make_config
+    from ssl_lessons.methods import build_method
+
+    def views(name):
+        return build_method(make_config("smoke", {"method": name})).crops
+
+    simclr, byol, dino = views("simclr"), views("byol"), views("dino")
+    # SimCLR: one kind of view, s = 0.5 (CIFAR), no solarization
+    assert [v.solarize_p for v in simclr.global_views] == [0.0, 0.0]
+    assert simclr.global_views[0].jitter == dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+    # BYOL (Table 6) and DINO (DataAugmentationDINO): saturation 0.2, solarization in the second view only
+    for crops in (byol, dino):
+        assert [v.solarize_p for v in crops.global_views] == [0.0, 0.2]
+        assert all(v.jitter["saturation"] == 0.2 for v in crops.global_views)
+    assert dino.local_view.solarize_p == 0.0 and dino.n_local == 2 and dino.local_view.size == 16
+    assert dino.global_views[0].scale == (0.4, 1.0) and dino.local_view.scale == (0.05, 0.4)
+
+
+def test_solarize_probability_one_inverts_the_bright_pixels(tiny_data):
+    plain = ViewAugment(jitter_p=0.0, gray_p=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    solar = ViewAugment(jitter_p=0.0, gray_p=0.0, solarize_p=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    a = plain(tiny_data.train_images[:8], torch.Generator().manual_seed(0))
+    b = solar(tiny_data.train_images[:8], torch.Generator().manual_seed(0))
+    assert torch.allclose(b, torch.where(a >= 0.5, 1 - a, a))

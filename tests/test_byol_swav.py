@@ -3,10 +3,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ssl_lessons.augment import MultiCrop
+from ssl_lessons.augment import ViewAugment
+from ssl_lessons.crops import MultiCrop
 from ssl_lessons.diagnostics import effective_rank, normalized_std
 from ssl_lessons.losses.byol import byol_loss, symmetric_byol_loss
-from ssl_lessons.losses.swav import sinkhorn_knopp, swapped_prediction_loss
+from ssl_lessons.losses.swav import swapped_prediction_loss
+from ssl_lessons.sinkhorn import sinkhorn_knopp
 
 
 def test_byol_loss_zero_for_same_direction_four_for_opposite():
@@ -73,9 +75,11 @@ def test_swapped_prediction_equals_a_direct_implementation():
 
 
 def test_multicrop_counts_sizes_dtypes_and_differences(tiny_data):
-    crops = MultiCrop(global_size=32, local_size=16, n_local=3)(tiny_data.train_images[:8],
-                                                                torch.Generator().manual_seed(0))
-    assert len(crops) == 5
+    multicrop = MultiCrop([ViewAugment(32, (0.14, 1))] * 2, ViewAugment(16, (0.05, 0.14)), n_local=3)
+    batch = multicrop(tiny_data.train_images[:8], torch.Generator().manual_seed(0))
+    assert batch.global_crops.shape == (16, 3, 32, 32) and batch.local_crops.shape == (24, 3, 16, 16)
+    assert batch.masks is None and batch.batch_size == 8 and batch.n_views == 5
+    crops = batch.views()
     assert [c.shape for c in crops] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 3
     assert all(c.dtype == torch.float32 for c in crops)
     assert not torch.allclose(crops[0], crops[1])

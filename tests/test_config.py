@@ -40,3 +40,53 @@ def test_cli_rejects_unknown_key_with_exit_code_2():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown config key 'bogus'" in proc.stderr
+
+
+def test_each_method_declares_its_recipe_beside_its_code_without_clashing_with_general_fields():
+    from ssl_lessons.config import general_fields, recipe_fields
+    from ssl_lessons.methods import METHODS
+    for name, cls in METHODS.items():
+        cfg = make_config("smoke", {"method": name})
+        assert type(cfg.recipe) is cls.Recipe
+        assert not set(recipe_fields(cfg.recipe)) & set(general_fields()), name
+
+
+def test_recipe_keys_resolve_for_their_method_and_are_refused_for_another():
+    cfg = make_config("smoke", {"method": "swav", "queue_length": "128", "lr": "1e-3"})
+    assert cfg.recipe.queue_length == 128 and cfg.lr == 1e-3
+    with pytest.raises(ConfigError, match="'queue_length' belongs to swav, not to dino"):
+        make_config("smoke", {"method": "dino", "queue_length": "128"})
+    with pytest.raises(ConfigError, match="Did you mean teacher_temp"):
+        make_config("smoke", {"method": "dino", "teacher_tmp": "0.04"})
+
+
+def test_the_method_is_chosen_once_and_validated():
+    assert make_config("smoke", {"method": "byol"}).method == "byol"
+    with pytest.raises(ConfigError, match="unknown method 'bylo'. Did you mean byol"):
+        make_config("smoke", {"method": "bylo"})
+
+
+def test_cli_set_method_trains_that_method_and_conflicts_are_refused(tmp_path):
+    from ssl_lessons.__main__ import _config
+    import argparse
+    args = argparse.Namespace(set=["method=byol"], method=None, data=None, preset="smoke")
+    assert _config(args).method == "byol"
+    args = argparse.Namespace(set=["method=byol"], method="dino", data=None, preset="smoke")
+    with pytest.raises(ConfigError, match="disagree"):
+        _config(args)
+
+
+@pytest.mark.parametrize("key,value,message", [("epochs", "nan", "finite"), ("image_size", "30", "multiple of patch_size"),
+                                                ("local_size", "48", "below image_size")])
+def test_impossible_settings_are_refused_before_any_work(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config("smoke", {"method": "dino", key: value})
+
+
+def test_saved_configs_round_trip_including_records_from_before_recipes():
+    from ssl_lessons.config import config_from_dict, config_to_dict
+    cfg = make_config("smoke", {"method": "dino", "out_dim": "128"})
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    legacy = {k: v for k, v in config_to_dict(cfg).items() if k != "recipe"} | {"dino_out_dim": 128}
+    old = config_from_dict(legacy)
+    assert (old.method, old.embed_dim, old.patch_size) == ("dino", cfg.embed_dim, cfg.patch_size)

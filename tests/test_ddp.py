@@ -1,38 +1,92 @@
+"""Two processes on the CPU (gloo) under torchrun, for every method: what DDP must keep identical stays identical,
+what is each rank's own stays its own, and collectives give the single-process answer."""
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from ssl_lessons.backbones import build_backbone
+from ssl_lessons.checkpoint import load_checkpoint
+from ssl_lessons.sinkhorn import sinkhorn_knopp
 
 
-def test_two_process_ddp_keeps_weights_identical_on_both_ranks(tmp_path):
+def run_two_processes(tmp_path, mode):
     worker = Path(__file__).with_name("ddp_worker.py")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(worker), str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           str(worker), str(tmp_path), mode], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "swav", "dino"])
+def test_two_process_training_keeps_weights_identical_and_evaluates_on_every_rank(tmp_path, method):
+    r0, r1 = run_two_processes(tmp_path, method)
     assert r0["world"] == r1["world"] == 2 and len(r0["losses"]) == 4
     for name, tensor in r0["state"].items():
         assert torch.equal(tensor, r1["state"][name]), name
-    assert r0["losses"] == r1["losses"]  # each rank computes the loss of the global batch
-    torch.manual_seed(0)  # the weights moved away from their (seed-0) initialisation
-    init = build_backbone("vit", patch_size=8, embed_dim=64, depth=2, num_heads=2).state_dict()
-    trained = {k[len("backbone."):]: v for k, v in r0["state"].items() if k.startswith("backbone.")}
-    assert not torch.equal(init["vit.patch_embed.proj.weight"], trained["vit.patch_embed.proj.weight"])
+    assert r0["losses"] == r1["losses"]  # the history holds the mean over ranks, the same on both
+    # the final evaluation is collective: every rank returns the same result (rank 0 alone wrote it)
+    assert r0["result"] is not None and r0["result"]["knn_top1"] == r1["result"]["knn_top1"]
+    assert r0["result"]["steps"] == 4
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert len(ckpt["rank_states"]) == 2 and ckpt["step"] == 4
+    for name, tensor in ckpt["method"].items():  # the file holds the whole (identical) state
+        assert torch.equal(tensor, r0["state"][name]), name
+    initial = ckpt["history"][0]["loss"]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in ckpt["history"]) and initial > 0
 
 
-def test_two_process_ddp_dino_keeps_the_center_identical_and_global(tmp_path):
-    worker = Path(__file__).with_name("ddp_worker.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(worker), str(tmp_path), "dino"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+def test_two_process_swav_keeps_a_queue_per_rank_and_saves_both(tmp_path):
+    r0, r1 = run_two_processes(tmp_path, "swav")
+    q0, q1 = r0["rank_state"]["queue"], r1["rank_state"]["queue"]
+    assert q0.shape == q1.shape == (2, 32, 32)  # 64 rows in all, split over 2 ranks; 2 global views; proj_dim 32
+    assert q0.abs().sum() > 0 and q1.abs().sum() > 0
+    assert not torch.allclose(q0, q1)  # each rank's own embeddings, not rank 0's broadcast
+    assert "queue" not in " ".join(r0["state"])  # not a buffer, so DDP leaves it alone
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert torch.equal(ckpt["rank_states"][0]["method"]["queue"], q0)
+    assert torch.equal(ckpt["rank_states"][1]["method"]["queue"], q1)
+
+
+def test_two_process_swav_resumes_each_rank_with_its_own_queue(tmp_path):
+    r0, r1 = run_two_processes(tmp_path, "swav-resume")
+    for r in (r0, r1):
+        assert r["resumed_losses"] == r["losses"]
+        assert torch.equal(r["resumed_rank_state"]["queue"], r["rank_state"]["queue"])
+        for name, tensor in r["state"].items():
+            assert torch.equal(tensor, r["resumed_state"][name]), name
+
+
+def test_two_process_sinkhorn_equals_one_process_on_the_whole_batch(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(16, 5, generator=g) * 2 - 1
+    scores[6:] += 0.8  # the second rank's rows score higher: a per-rank shift would weight the ranks differently
+    torch.save(scores, tmp_path / "scores.pt")
+    r0, r1 = run_two_processes(tmp_path, "sinkhorn")
+    together = torch.cat([r0["codes"], r1["codes"]])  # 6 + 10 rows: unequal counts on the two ranks
+    assert torch.allclose(together, sinkhorn_knopp(scores, epsilon=0.05, iters=3), atol=1e-6)
+
+
+def test_two_process_dino_center_is_the_all_reduced_mean(tmp_path):
+    r0, r1 = run_two_processes(tmp_path, "dino")
     center0, center1 = r0["state"]["loss.center"], r1["state"]["loss.center"]
     assert center0.abs().sum() > 0 and torch.equal(center0, center1)
-    for name, tensor in r0["state"].items():  # student, teacher and center agree on both ranks
-        assert torch.equal(tensor, r1["state"][name]), name
     # the center's EMA step uses the mean over both ranks' teacher outputs (all-reduced), 0.1 * 1.5 here
     for r in (r0, r1):
         assert torch.allclose(r["center_from_own_outputs"], torch.full((1, 3), 0.15))
+
+
+def test_each_process_is_pinned_to_its_own_gpu(monkeypatch):
+    import ssl_lessons.distributed as distributed
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("set_device", i))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kw: calls.update(backend=backend, **kw))
+    distributed.setup()
+    assert calls["set_device"] == 1 and calls["backend"] == "nccl"
+    assert calls["device_id"] == torch.device("cuda", 1)

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from ssl_lessons.config import make_config
-from ssl_lessons.train import clip_gradients, param_groups, train
+from ssl_lessons.methods import build_method
+from ssl_lessons.optim import clip_gradients, parameter_groups
+from ssl_lessons.train import train
 
 
 def smoke(tmp_path, name, **overrides):
@@ -37,8 +39,14 @@ def test_resume_with_a_different_config_is_refused(tmp_path, tiny_data):
 
 
 def test_training_changes_the_backbone_and_logs_the_schedule(tmp_path, tiny_data):
-    torch.manual_seed(0)
-    run = train(smoke(tmp_path, "run", epochs=1.0, warmup=0.5), data=tiny_data, show_progress=False)
+    cfg = smoke(tmp_path, "run", epochs=1.0, warmup=0.5)
+    torch.manual_seed(cfg.seed)  # train() starts from the same seed: these are its initial weights
+    initial = {k: v.clone() for k, v in build_method(cfg).backbone.state_dict().items()}
+    run = train(cfg, data=tiny_data, show_progress=False)
+    trained = run["method"].backbone.state_dict()
+    assert all(torch.equal(initial[k], trained[k]) for k in ("vit.pos_embed",)) is False
+    moved = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert len(moved) >= len(initial) - 1, f"only {moved} of {list(initial)} changed"
     lrs = [h["lr"] for h in run["history"]]
     assert lrs[0] == 0.0 and max(lrs) > 0  # warm-up starts at 0
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in run["history"])
@@ -46,9 +54,9 @@ def test_training_changes_the_backbone_and_logs_the_schedule(tmp_path, tiny_data
 
 def test_no_weight_decay_on_biases_and_norms():
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    decay, no_decay = param_groups(net)
-    assert [p.shape for p in decay["params"]] == [(4, 4)]
-    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+    decay, no_decay = parameter_groups(net.named_parameters())
+    assert [p.shape for p in decay["params"]] == [(4, 4)] and decay["apply_wd"]
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0 and not no_decay["apply_wd"]
 
 
 def test_gradients_are_clipped_per_parameter():

@@ -52,19 +52,22 @@ class DINOLoss(nn.Module):
         self.student_temp, self.center_momentum, self.centering = student_temp, center_momentum, centering
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float
-                ) -> tuple[torch.Tensor, dict]:
-        """student_out: V x (B, K); teacher_out: G x (B, K) for the G global views. Returns the loss and
-        {"teacher_entropy": H(P_t), "kl": KL(P_t || P_s)}, both averaged like the loss."""
+    def forward(self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float,
+                with_stats: bool = True) -> tuple[torch.Tensor, dict]:
+        """student_out: V x (B, K); teacher_out: G x (B, K) for the G global views. Returns the loss and, if
+        with_stats, {"teacher_entropy": H(P_t), "kl": KL(P_t || P_s)} as scalar tensors, averaged like the loss."""
         student_out = [s.float() for s in student_out]
         teacher_out = [t.float() for t in teacher_out]
         targets = [teacher_targets(t, self.center, teacher_temp) for t in teacher_out]
         loss = cross_view_cross_entropy(student_out, targets, self.student_temp)
-        with torch.no_grad():
-            # every target view meets the same number (V - 1) of student views, so the pair mean of H(P_t) is this
-            entropy = torch.stack([-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean() for p in targets]).mean()
+        stats = {}
+        if with_stats:
+            with torch.no_grad():
+                # every target view meets the same number (V - 1) of student views, so the pair mean of H(P_t) is this
+                entropy = torch.stack([-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean() for p in targets]).mean()
+            stats = {"teacher_entropy": entropy, "kl": loss.detach() - entropy}
         self.update_center(torch.cat(teacher_out))
-        return loss, {"teacher_entropy": entropy.item(), "kl": (loss.detach() - entropy).item()}
+        return loss, stats
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Self-supervised methods, each one module implementing methods.base.Method."""
+"""Self-supervised methods, each one module implementing methods.base.Method (with its Recipe beside it)."""
 from __future__ import annotations
 
 from ..backbones import backbone_from_config
@@ -12,10 +12,10 @@ METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV, "dino": DINO}
 
 
 def build_method(cfg) -> Method:
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    backbone = backbone_from_config(cfg)
-    return METHODS[cfg.method].from_config(cfg, backbone)
+    """The method cfg names, on a fresh backbone (torch's current seed decides the weights)."""
+    from ..config import method_class
+    cls = method_class(cfg.method)
+    return cls.from_config(cfg, backbone_from_config(cfg, mask_token=cls.uses_patch_masks))
 
 
 __all__ = ["BYOL", "DINO", "METHODS", "Method", "SimCLR", "SwAV", "build_method"]

@@ -1,40 +1,78 @@
 """The contract between a self-supervised method and the one training loop (train.py).
 
-A method is an nn.Module that owns its networks, its views and its loss. The loop calls, every step:
+A method is an nn.Module that owns its networks, its views and its loss, and declares its recipe beside its code:
+
+    Recipe      a dataclass of the method's own config fields and their defaults (config.py resolves overrides)
+    DEFAULTS    general Config fields the method always changes (DINO: weight decay 0.04 -> 0.4, the CLS token)
+    PRESETS     {preset: overrides} for this method only (the laptop budget's epochs, a smaller K, ...)
+
+The loop calls, every step:
 
     method.before_step(progress)                          # e.g. set this step's teacher temperature
-    views = method.make_views(images_uint8, generator)    # list of (B, 3, h, w) float tensors
-    loss, logs = model(views)                             # model = method, or DDP(method)
-    loss.backward(); method.after_backward(progress)      # e.g. drop the gradients of a frozen layer
-    optimizer.step(); method.after_step(progress)         # e.g. update a momentum teacher
+    crops = method.make_views(images_uint8, generator)    # a crops.Crops: global and local crops, patch masks
+    loss, logs = model(crops, diagnostics=log_now)        # model = method, or DDP(method); logs only if asked
+    loss.backward(); optimizer.step()                     # on method.param_groups(): lr x multiplier, freezes
+    method.after_step(progress)                           # e.g. update a momentum teacher
 
-and evaluates `method.eval_backbone` (images -> features) with k-NN. Nothing else about the method is known
-to the loop, so a new method is one new module here and one line in methods/__init__.py.
+saves `state_dict()` (identical on every rank) and `rank_state()` (each rank's own, e.g. SwAV's queue), and
+evaluates `method.eval_backbone` (images -> features) with k-NN. Nothing else about the method is known to the loop.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
+from ..crops import Crops, MultiCrop
+from ..optim import parameter_groups
+from ..teacher import set_teacher_mode
+
 
 class Method(nn.Module):
+    Recipe: type
+    DEFAULTS: dict = {}
+    PRESETS: dict = {}
+    uses_patch_masks = False   # True: the backbone is built with a learnable mask token
+
     backbone: nn.Module
+    crops: MultiCrop
 
-    def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        raise NotImplementedError
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module) -> "Method":
+        return cls(backbone, cfg.recipe, image_size=cfg.image_size)
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Crops:
+        """(B, 3, H, W) uint8 -> this method's crops of the batch."""
+        return self.crops(images, generator)
+
+    def forward(self, crops: Crops, diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
+        """The loss of a batch, and {name: scalar tensor} diagnostics; these cost time (syncs, SVDs), so they are
+        computed only when `diagnostics` is True (the steps whose logs are kept)."""
         raise NotImplementedError
 
     def before_step(self, progress: float) -> None:
         """Called before the views of a step are made; progress = step / total_steps in [0, 1)."""
 
-    def after_backward(self, progress: float) -> None:
-        """Called between backward() and the optimizer step; progress = step / total_steps."""
-
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """Called after every optimizer step."""
+
+    def param_groups(self) -> list[dict]:
+        """AdamW parameter groups (optim.py): weight decay on weight matrices only, lr multiplier 1, none frozen."""
+        return parameter_groups(self.named_parameters())
+
+    def rank_state(self) -> dict:
+        """State that differs between ranks (not in state_dict, which DDP keeps identical): saved per rank."""
+        return {}
+
+    def load_rank_state(self, state: dict) -> None:
+        """Restore what rank_state returned on this rank."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if getattr(m, "is_momentum_teacher", False):
+                set_teacher_mode(m, mode)
+        return self
 
     @property
     def eval_backbone(self) -> nn.Module:

@@ -3,21 +3,56 @@ an image; a teacher, the momentum (EMA) copy of backbone and head (teacher.py), 
 student learns to output the teacher's centred, sharpened distribution for every other crop (losses/dino.py).
 
 As the official main_dino.py: teacher temperature warmed linearly 0.04 -> 0.07, teacher momentum on a cosine to 1,
-the head's last layer frozen for the first part of training, multi-crop (augment.MultiCrop); the loop supplies
-AdamW with weight decay on a cosine 0.04 -> 0.4, per-parameter clipping at 3.0 and lr warm-up. The *teacher*'s
-backbone is the one evaluated, as the official eval_knn.py does by default (sec. 5.2: the teacher is better).
+the head's last layer frozen for the first part of training (its parameter group, Method.param_groups), multi-crop
+with DataAugmentationDINO's views: colour jitter (0.4, 0.4, 0.2, 0.1) with p = 0.8, grayscale 0.2, solarization on
+the second global crop only (p = 0.2). Its Gaussian blur (p = 1.0 / 0.1 / 0.5) is left out at 32 px (augment.py).
+The loop supplies AdamW with weight decay on a cosine 0.04 -> 0.4 (DEFAULTS), per-parameter clipping at 3.0 and lr
+warm-up. The teacher runs without drop path, and its backbone is the one evaluated, as the official eval_knn.py
+does by default (sec. 5.2: the teacher is better).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..augment import MultiCrop
-from ..backbones import multicrop_features
+from ..augment import BYOL_JITTER
+from ..config import require
+from ..crops import MultiCropRecipe
 from ..heads import DINOHead
 from ..losses.dino import DINOLoss
+from ..optim import parameter_groups
 from ..teacher import ema_update, make_teacher, momentum_schedule
 from .base import Method
+
+
+@dataclass
+class DINORecipe(MultiCropRecipe):
+    global_scale_min: float = 0.4       # main_dino.py's global crops (0.4, 1) ...
+    local_scale_min: float = 0.05       # ... and local crops (0.05, 0.4)
+    out_dim: int = 4096                 # K, the head's output dimension (the paper: 65536 for ImageNet)
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True        # fix the norm of the last layer's rows to 1 (weight normalisation, g = 1)
+    freeze_last_layer: float = 0.01     # fraction of training with the last layer frozen (the paper: 1 of 100 epochs)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07          # reached after the warm-up ...
+    teacher_temp_start: float = 0.04    # ... from this value
+    teacher_temp_warmup: float = 0.3    # fraction of training (the paper: 30 of 100 epochs)
+    centering: bool = True              # False: the collapse study's "no centering" run
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.996     # EMA momentum at the start; cosine up to teacher_momentum_end
+    teacher_momentum_end: float = 1.0
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        for key in ("out_dim", "hidden_dim", "bottleneck_dim", "student_temp", "teacher_temp", "teacher_temp_start"):
+            require(getattr(self, key) > 0, f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("freeze_last_layer", "center_momentum", "teacher_momentum", "teacher_momentum_end"):
+            require(0 <= getattr(self, key) <= 1, f"{key} must be in [0, 1], got {getattr(self, key)}")
+        require(0 <= self.teacher_temp_warmup < 1,
+                f"teacher_temp_warmup is a fraction of training in [0, 1), got {self.teacher_temp_warmup}")
 
 
 def teacher_temperature(progress: float, start: float = 0.04, end: float = 0.07, warmup: float = 0.3) -> float:
@@ -29,57 +64,54 @@ def teacher_temperature(progress: float, start: float = 0.04, end: float = 0.07,
 
 
 class DINO(Method):
-    def __init__(self, backbone, multicrop: MultiCrop, out_dim: int = 4096, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, norm_last_layer: bool = True, student_temp: float = 0.1,
-                 teacher_temp: float = 0.07, teacher_temp_start: float = 0.04, teacher_temp_warmup: float = 0.3,
-                 center_momentum: float = 0.9, centering: bool = True, momentum: float = 0.996,
-                 momentum_end: float = 1.0, freeze_last_layer: float = 0.01):
-        super().__init__()
-        self.backbone = backbone
-        self.head = DINOHead(backbone.embed_dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer)
-        self.teacher = make_teacher(self.student)
-        self.loss = DINOLoss(out_dim, student_temp, center_momentum, centering)
-        self.multicrop = multicrop
-        self.teacher_temp_schedule = dict(start=teacher_temp_start, end=teacher_temp, warmup=teacher_temp_warmup)
-        self.teacher_temp = teacher_temperature(0.0, **self.teacher_temp_schedule)
-        self.momentum, self.momentum_end = momentum, momentum_end
-        self.freeze_last_layer = freeze_last_layer
+    Recipe = DINORecipe
+    DEFAULTS = dict(weight_decay=0.04, weight_decay_end=0.4, global_pool="token")
+    PRESETS = {
+        # main_dino.py's default teacher temperature, a constant 0.04 (measured steadier here than the 0.04 -> 0.07
+        # warm-up of the paper's best ViT-S runs, which the Recipe keeps as its default; see lesson 4)
+        "cifar10-laptop": dict(epochs=1.6, teacher_momentum=0.99, out_dim=4096, hidden_dim=1024,
+                               freeze_last_layer=0.05, teacher_temp=0.04),
+        "smoke": dict(n_local_crops=2, out_dim=64, hidden_dim=64, bottleneck_dim=32),
+    }
 
-    @classmethod
-    def from_config(cls, cfg, backbone):
-        multicrop = MultiCrop(cfg.image_size, cfg.local_size, cfg.n_local_crops, (cfg.global_scale_min, 1.0),
-                              (cfg.local_scale_min, cfg.global_scale_min), cfg.jitter_strength)
-        return cls(backbone, multicrop, cfg.dino_out_dim, cfg.dino_hidden_dim, cfg.dino_bottleneck_dim,
-                   cfg.norm_last_layer, cfg.student_temp, cfg.teacher_temp, cfg.teacher_temp_start,
-                   cfg.teacher_temp_warmup, cfg.center_momentum, cfg.centering, cfg.teacher_momentum,
-                   cfg.teacher_momentum_end, cfg.freeze_last_layer)
+    def __init__(self, backbone, recipe: DINORecipe = DINORecipe(), image_size: int = 32):
+        super().__init__()
+        self.recipe = recipe
+        self.backbone = backbone
+        self.head = DINOHead(backbone.embed_dim, recipe.out_dim, recipe.hidden_dim, recipe.bottleneck_dim,
+                             recipe.norm_last_layer)
+        self.teacher = make_teacher(self.student)
+        self.loss = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum, recipe.centering)
+        self.crops = recipe.multicrop(image_size, [dict(jitter=BYOL_JITTER), dict(jitter=BYOL_JITTER, solarize_p=0.2)],
+                                      jitter=BYOL_JITTER)
+        self.teacher_temp_schedule = dict(start=recipe.teacher_temp_start, end=recipe.teacher_temp,
+                                          warmup=recipe.teacher_temp_warmup)
+        self.teacher_temp = teacher_temperature(0.0, **self.teacher_temp_schedule)
 
     @property
     def student(self) -> nn.ModuleDict:
         return nn.ModuleDict({"backbone": self.backbone, "head": self.head})
 
-    def make_views(self, images, generator=None):
-        return self.multicrop(images, generator)
-
     def before_step(self, progress):
         self.teacher_temp = teacher_temperature(progress, **self.teacher_temp_schedule)
 
-    def forward(self, views):
-        n_global = self.multicrop.n_global
-        student_out = self.head(multicrop_features(self.backbone, views)).chunk(len(views))  # V x (B, K)
+    def forward(self, crops, diagnostics=False):
+        features = torch.cat([f["pooled"] for f in self.backbone.forward_tokens(crops.by_size())])  # (V*B, D)
+        student_out = self.head(features).chunk(crops.n_views)                                     # V x (B, K)
         with torch.no_grad():
-            teacher_out = self.teacher.head(self.teacher.backbone(torch.cat(views[:n_global]))).chunk(n_global)
-        loss, stats = self.loss(list(student_out), list(teacher_out), self.teacher_temp)
-        return loss, {**stats, "teacher_temp": self.teacher_temp}
+            teacher_features = self.teacher.backbone.forward_tokens(crops.global_crops)["pooled"]
+            teacher_out = self.teacher.head(teacher_features).chunk(crops.n_global)               # G x (B, K)
+        loss, stats = self.loss(list(student_out), list(teacher_out), self.teacher_temp, with_stats=diagnostics)
+        return loss, ({**stats, "teacher_temp": self.teacher_temp} if diagnostics else {})
 
-    def after_backward(self, progress):
-        if progress < self.freeze_last_layer:  # main_dino.py's cancel_gradients_last_layer
-            for p in self.head.last_layer.parameters():
-                p.grad = None
+    def param_groups(self):
+        frozen = lambda name: self.recipe.freeze_last_layer if name.startswith("head.last_layer.") else 0.0  # noqa: E731
+        return parameter_groups(self.named_parameters(), frozen_until=frozen)
 
     @torch.no_grad()
     def after_step(self, progress):
-        ema_update(self.teacher, self.student, momentum_schedule(progress, self.momentum, self.momentum_end))
+        m = momentum_schedule(progress, self.recipe.teacher_momentum, self.recipe.teacher_momentum_end)
+        ema_update(self.teacher, self.student, m)
 
     @property
     def eval_backbone(self) -> nn.Module:

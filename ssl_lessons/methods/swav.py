@@ -1,75 +1,125 @@
 """SwAV (Caron et al. 2020): swap assignments between views. Embeddings are scored against K learnable
-prototypes; Sinkhorn-Knopp turns the scores of each global view into balanced codes (no gradient), and every
-other view must predict that code (losses/swav.py). Multi-crop adds cheap small views that only predict.
+prototypes; Sinkhorn-Knopp (sinkhorn.py) turns the scores of each global view into balanced codes (no gradient),
+and every other view must predict that code (losses/swav.py). Multi-crop adds cheap small views that only predict.
 
-Prototypes are re-normalised to unit length before every step and frozen for the first part of training, as in
-the official main_swav.py. A queue of embeddings from past batches gives Sinkhorn more samples to balance over
-when batches are small (switch it on with queue_length > 0).
+As the official main_swav.py: prototypes re-normalised to unit length before every step and frozen for the first
+part of training; a queue of this rank's embeddings from past batches joins Sinkhorn when batches are small, from
+`queue_start` of training on. Its length is trimmed to a multiple of the global batch and split across ranks
+(each rank keeps its own queue_length / world rows), and it is each rank's own state: not a buffer (DDP would
+overwrite it with rank 0's before every forward), saved per rank in the checkpoint (Method.rank_state).
+
+The views are SimCLR's (SwAV uses its colour distortion), at the CIFAR-10 strength s = 0.5; no blur at 32 px.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..augment import MultiCrop
-from ..backbones import multicrop_features
+from ..augment import simclr_jitter
+from ..config import require
+from ..crops import MultiCropRecipe
 from ..diagnostics import effective_rank, normalized_std
+from ..distributed import world_size
 from ..heads import ProjectionMLP
-from ..losses.swav import sinkhorn_knopp, swapped_prediction_loss
+from ..losses.swav import swapped_prediction_loss
+from ..optim import parameter_groups
+from ..sinkhorn import sinkhorn_knopp
 from .base import Method
 
 
+@dataclass
+class SwAVRecipe(MultiCropRecipe):
+    proj_hidden_dim: int = 512
+    proj_dim: int = 128
+    num_prototypes: int = 300
+    temperature: float = 0.1            # of the softmax over prototype scores
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    freeze_prototypes: float = 0.05     # fraction of training with frozen prototypes (the paper: the first epoch)
+    queue_length: int = 0               # past embeddings (all ranks together) Sinkhorn also balances over; 0 = none
+    queue_start: float = 0.15           # fraction of training before the queue starts (main_swav.py: epoch 15)
+    jitter_strength: float = 0.5        # SimCLR's colour distortion strength s
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        for key in ("proj_hidden_dim", "proj_dim", "num_prototypes", "temperature", "sinkhorn_epsilon",
+                    "sinkhorn_iters"):
+            require(getattr(self, key) > 0, f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("freeze_prototypes", "queue_start"):
+            require(0 <= getattr(self, key) <= 1, f"{key} is a fraction of training in [0, 1], got {getattr(self, key)}")
+        require(self.queue_length == 0 or self.queue_length >= cfg.batch_size,
+                f"queue_length ({self.queue_length}) must be 0 or at least batch_size ({cfg.batch_size}): it is "
+                "trimmed to a multiple of the global batch, as main_swav.py does")
+
+
+def rank_queue_length(queue_length: int, local_batch: int, world: int) -> int:
+    """main_swav.py: queue_length -= queue_length % (batch per rank * world); each rank keeps 1/world of it."""
+    return (queue_length - queue_length % (local_batch * world)) // world
+
+
 class SwAV(Method):
-    def __init__(self, backbone, multicrop: MultiCrop, proj_hidden_dim: int = 512, proj_dim: int = 128,
-                 num_prototypes: int = 300, temperature: float = 0.1, epsilon: float = 0.05, sinkhorn_iters: int = 3,
-                 freeze_prototypes: float = 0.05, queue_length: int = 0):
+    Recipe = SwAVRecipe
+    # SwAV's local crops cost extra per image, so fewer epochs fit the laptop's ~15 minutes
+    PRESETS = {"cifar10-laptop": dict(epochs=2.3, num_prototypes=100),
+               "smoke": dict(n_local_crops=2, num_prototypes=16, proj_hidden_dim=64, proj_dim=32)}
+
+    def __init__(self, backbone, recipe: SwAVRecipe = SwAVRecipe(), image_size: int = 32):
         super().__init__()
+        self.recipe = recipe
         self.backbone = backbone
-        self.projector = ProjectionMLP(backbone.embed_dim, proj_hidden_dim, proj_dim)
-        self.prototypes = nn.Linear(proj_dim, num_prototypes, bias=False)
-        self.multicrop = multicrop
-        self.temperature, self.epsilon, self.sinkhorn_iters = temperature, epsilon, sinkhorn_iters
-        self.freeze_prototypes = freeze_prototypes
-        self.register_buffer("queue", torch.zeros(multicrop.n_global, queue_length, proj_dim))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.projector = ProjectionMLP(backbone.embed_dim, recipe.proj_hidden_dim, recipe.proj_dim)
+        self.prototypes = nn.Linear(recipe.proj_dim, recipe.num_prototypes, bias=False)
+        jitter = simclr_jitter(recipe.jitter_strength)
+        self.crops = recipe.multicrop(image_size, [dict(jitter=jitter)] * 2, jitter=jitter)
+        self.queue: torch.Tensor | None = None  # (n_global, rank's length, proj_dim), made at queue_start
+        self.queue_in_use = False               # main_swav.py's use_the_queue
+        self.queue_started = False
 
-    @classmethod
-    def from_config(cls, cfg, backbone):
-        multicrop = MultiCrop(cfg.image_size, cfg.local_size, cfg.n_local_crops, (cfg.global_scale_min, 1.0),
-                              (cfg.local_scale_min, cfg.global_scale_min), cfg.jitter_strength)
-        return cls(backbone, multicrop, cfg.proj_hidden_dim, cfg.proj_dim, cfg.num_prototypes, cfg.swav_temperature,
-                   cfg.sinkhorn_epsilon, cfg.sinkhorn_iters, cfg.freeze_prototypes, cfg.queue_length)
+    def embed(self, crops) -> torch.Tensor:
+        """Crops -> L2-normalised embeddings (V * B, proj_dim), view-major, one backbone pass per crop size."""
+        features = torch.cat([f["pooled"] for f in self.backbone.forward_tokens(crops.by_size())])
+        return F.normalize(self.projector(features), dim=1)
 
-    def make_views(self, images, generator=None):
-        return self.multicrop(images, generator)
+    def before_step(self, progress):
+        self.queue_started = self.recipe.queue_length > 0 and progress >= self.recipe.queue_start
 
-    def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
-        """Views of one or two resolutions -> L2-normalised embeddings (V * B, proj_dim), view-major."""
-        return F.normalize(self.projector(multicrop_features(self.backbone, views)), dim=1)
-
-    def forward(self, views):
+    def forward(self, crops, diagnostics=False):
         with torch.no_grad():  # prototypes on the unit sphere, so scores are cosine similarities
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
-        b, n_global = views[0].shape[0], self.multicrop.n_global
-        z = self.embed(views)                            # (V * b, D)
+        b, n_global = crops.batch_size, crops.n_global
+        z = self.embed(crops)                            # (V * b, D)
         scores = self.prototypes(z).split(b)             # V x (b, K)
+        if self.queue_started and self.queue is None:
+            length = rank_queue_length(self.recipe.queue_length, b, world_size())
+            self.queue = z.new_zeros(n_global, length, z.shape[1]) if length else None
         codes = []
-        for i in range(n_global):
-            with torch.no_grad():
+        with torch.no_grad():
+            for i in range(n_global):
                 s = scores[i].detach()
-                if self.queue.shape[1]:
-                    if self.queue_filled:
+                if self.queue is not None:
+                    if self.queue_in_use or bool((self.queue[i, -1] != 0).any()):
+                        self.queue_in_use = True
                         s = torch.cat([self.queue[i] @ self.prototypes.weight.T, s])  # (Q + b, K)
                     self.queue[i, b:] = self.queue[i, :-b].clone()
                     self.queue[i, :b] = z[i * b:(i + 1) * b].detach()
-                codes.append(sinkhorn_knopp(s, self.epsilon, self.sinkhorn_iters)[-b:])  # (b, K)
-        if self.queue.shape[1] and not self.queue_filled and bool((self.queue[:, -1] != 0).any()):
-            self.queue_filled.fill_(1)
-        loss = swapped_prediction_loss(list(scores), codes, self.temperature)
-        global_z = z[:n_global * b]
+                codes.append(sinkhorn_knopp(s, self.recipe.sinkhorn_epsilon, self.recipe.sinkhorn_iters)[-b:])
+        loss = swapped_prediction_loss(list(scores), codes, self.recipe.temperature)
+        if not diagnostics:
+            return loss, {}
+        global_z = z[:n_global * b].detach()
         return loss, {"output_std": normalized_std(global_z), "effective_rank": effective_rank(global_z)}
 
-    def after_backward(self, progress):
-        if progress < self.freeze_prototypes:
-            self.prototypes.weight.grad = None
+    def param_groups(self):
+        frozen = lambda name: self.recipe.freeze_prototypes if name.startswith("prototypes.") else 0.0  # noqa: E731
+        return parameter_groups(self.named_parameters(), frozen_until=frozen)
+
+    def rank_state(self):
+        return {"queue": None if self.queue is None else self.queue.cpu(), "queue_in_use": self.queue_in_use}
+
+    def load_rank_state(self, state):
+        queue = state.get("queue")
+        self.queue = None if queue is None else queue.to(self.prototypes.weight.device)
+        self.queue_in_use = bool(state.get("queue_in_use", False))

@@ -1,0 +1,63 @@
+"""Parameter groups and gradient clipping: what the one loop (train.py) applies, and what a method may shape.
+
+A method hands the loop its parameter groups (`Method.param_groups()`). Each group is a plain dict for
+`torch.optim.AdamW` with three keys the loop reads every step:
+
+    apply_wd        weight decay follows the schedule (weight matrices) or stays 0 (biases, norms, tokens)
+    lr_multiplier   the group's lr is the scheduled lr times this (DINOv2's layer-wise decay, patch-embed lr)
+    frozen_until    until this fraction of training the group gets no update: its gradients are dropped
+                    before the step (DINO's `cancel_gradients_last_layer`, SwAV's frozen prototypes)
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+
+def is_no_decay(name: str, p: torch.Tensor) -> bool:
+    """Biases, norm scales and 1-d tokens get no weight decay (DINO's get_params_groups)."""
+    return name.endswith(".bias") or p.ndim <= 1
+
+
+def parameter_groups(named_parameters: Iterable[tuple[str, torch.Tensor]],
+                     lr_multiplier: Callable[[str], float] = lambda name: 1.0,
+                     frozen_until: Callable[[str], float] = lambda name: 0.0) -> list[dict]:
+    """Trainable parameters grouped by (weight decay or not, lr multiplier, frozen until), in first-seen order."""
+    groups: dict[tuple, dict] = {}
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        decay = not is_no_decay(name, p)
+        key = (decay, float(lr_multiplier(name)), float(frozen_until(name)))
+        if key not in groups:
+            groups[key] = {"params": [], "apply_wd": decay, "lr_multiplier": key[1], "frozen_until": key[2]}
+            if not decay:
+                groups[key]["weight_decay"] = 0.0
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, progress: float) -> None:
+    """Set every group's lr (lr x its multiplier, 0 while frozen) and weight decay for this step."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0 if progress < group["frozen_until"] else lr * group["lr_multiplier"]
+        if group["apply_wd"]:
+            group["weight_decay"] = weight_decay
+
+
+def drop_frozen_gradients(optimizer: torch.optim.Optimizer, progress: float) -> None:
+    """Groups still frozen at `progress` lose their gradients, so AdamW leaves them (and their moments) alone."""
+    for group in optimizer.param_groups:
+        if progress < group["frozen_until"]:
+            for p in group["params"]:
+                p.grad = None
+
+
+def clip_gradients(module: nn.Module, max_norm: float) -> None:
+    """Clip each parameter's gradient to norm <= max_norm on its own (DINO's utils.clip_gradients)."""
+    for p in module.parameters():
+        if p.grad is not None:
+            norm = p.grad.norm(2)
+            p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
