@@ -13,6 +13,7 @@ from conftest import make_tiny_data  # noqa: E402
 
 from ssl_lessons.config import make_config  # noqa: E402
 from ssl_lessons.losses.dino import DINOLoss  # noqa: E402
+from ssl_lessons.methods import build_method  # noqa: E402
 from ssl_lessons.train import train  # noqa: E402
 
 out = Path(sys.argv[1])
@@ -22,8 +23,8 @@ mode = sys.argv[2] if len(sys.argv) > 2 else "simclr"
 def smoke(method, name, **extra):
     overrides = {"method": method, "out_dir": str(out / name), "knn_every": 0.0, "linear_probe": False,
                  "knn_bank": 256, "epochs": 1.0, "batch_size": 64, **extra}
-    if method == "swav":  # a queue of 64 rows in all: 32 a rank, one local batch; in use from the second step on
-        overrides.update(queue_length=64, queue_start=0.0)
+    if method == "swav":  # a queue of 128 rows in all: 64 a rank, two local batches; in use from the third step on
+        overrides.update(queue_length=128, queue_start=0.0)
     return make_config("smoke", overrides)
 
 
@@ -41,10 +42,14 @@ if mode == "sinkhorn":
 
 data = make_tiny_data()
 method = "swav" if mode == "swav-resume" else mode
-run = train(smoke(method, "run"), data=data, show_progress=False)
+cfg = smoke(method, "run")
+torch.manual_seed(cfg.seed)  # train() starts from this seed: the initial weights
+initial = build_method(cfg).state_dict()
+run = train(cfg, data=data, show_progress=False)
 rank = dist.get_rank()
 saved = {"state": run["method"].state_dict(), "losses": [h["loss"] for h in run["history"]],
-         "world": dist.get_world_size(), "rank_state": run["method"].rank_state(), "result": run["result"]}
+         "world": dist.get_world_size(), "rank_state": run["method"].rank_state(), "result": run["result"],
+         "initial": initial}
 if mode == "swav-resume":
     cfg = smoke("swav", "split")
     first = train(cfg, data=data, stop_after=2, show_progress=False)

@@ -14,7 +14,7 @@ def test_export_then_load_gives_the_evaluated_backbone_in_fp16(tmp_path, tiny_da
     run = train(cfg, data=tiny_data, show_progress=False)
     path = export_backbone(cfg, tmp_path / "run", "tiny", "python -m ssl_lessons train ...",
                            directory=tmp_path / "pretrained")
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)  # plain tensors and types: loadable without running code
     assert all(v.dtype == torch.float16 for v in saved["backbone"].values() if v.is_floating_point())
     backbone, record = load_backbone("tiny", directory=tmp_path / "pretrained")
     assert record["command"].startswith("python -m ssl_lessons") and record["result"]["method"] == "dino"
@@ -25,3 +25,18 @@ def test_export_then_load_gives_the_evaluated_backbone_in_fp16(tmp_path, tiny_da
         assert not torch.allclose(backbone(x), run["method"].backbone.eval()(x), atol=1e-4)  # not the student's
     with pytest.raises(FileNotFoundError, match="available: \\['tiny'\\]"):
         load_backbone("missing", directory=tmp_path / "pretrained")
+
+
+def test_a_planted_checkpoint_cannot_run_code(tmp_path):
+    from ssl_lessons.checkpoint import load_checkpoint
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"method": Planted()}, path)
+    with pytest.raises(RuntimeError, match="unreadable"):
+        load_checkpoint(path)
+    assert not marker.exists()
