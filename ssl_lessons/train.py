@@ -59,10 +59,6 @@ def _autocast(cfg: Config, device: torch.device):
     return nullcontext()
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-
-
 def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: bool = True) -> dict:
     """Train cfg.method on cfg.dataset; resume from run_dir(cfg)/checkpoint.pt if it exists.
 
@@ -109,8 +105,8 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
         optimizer.load_state_dict(ckpt["optimizer"])
         step, history, evals, train_seconds = ckpt["step"], ckpt["history"], ckpt["evals"], ckpt["train_seconds"]
         own = ckpt["rank_states"][rank]
-        generator.set_state(own["generator"])
-        torch.set_rng_state(own["torch"])
+        generator.set_state(own["generator"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+        torch.set_rng_state(own["torch"].cpu())
         method.load_rank_state(own["method"])
     elif rank == 0:
         (out_dir / "results.json").unlink(missing_ok=True)  # a fresh run: no stale result may stand for it
