@@ -21,14 +21,24 @@ def write_image_folder(root, classes=("cat", "dog"), per_class=3, size=32):
 
 
 def test_image_folder_of_jpegs_is_decoded_to_uint8(tmp_path):
-    data = read_image_source(write_image_folder(tmp_path / "tree"), image_size=32)
+    root = write_image_folder(tmp_path / "tree")
+    data = read_image_source(root, image_size=32)
     assert data.train_images.shape == (6, 3, 32, 32) and data.train_images.dtype == torch.uint8
     assert data.classes == ["cat", "dog"] and data.train_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    from torchvision.io import decode_jpeg, read_file
+    first_dog = decode_jpeg(read_file(str(root / "train" / "dog" / "0.jpg")))
+    assert torch.equal(data.train_images[3], first_dog)  # the pixels of that file, in the class's order
 
 
 def test_larger_images_are_resized_to_image_size(tmp_path):
-    data = read_image_source(write_image_folder(tmp_path / "big", size=48), image_size=16)
+    root = write_image_folder(tmp_path / "big", size=48)
+    data = read_image_source(root, image_size=16)
     assert data.test_images.shape == (6, 3, 16, 16)
+    from torchvision.io import decode_jpeg, read_file
+    from torchvision.transforms.v2 import functional as TF
+    original = decode_jpeg(read_file(str(root / "test" / "cat" / "0.jpg")))
+    expected = TF.resize(original, 16, antialias=True)
+    assert (data.test_images[0].int() - expected.int()).abs().max() <= 1  # resized, not cropped or re-coloured
 
 
 def test_tar_gz_gives_the_same_images_as_the_folder(tmp_path):
