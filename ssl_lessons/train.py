@@ -9,7 +9,6 @@ periodic k-NN, atomic checkpoints with exact resume, DDP under torchrun, and the
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
