@@ -7,8 +7,8 @@ import math
 import sys
 import time
 
-from .config import PRESETS, ConfigError, make_config, parse_set_args
-from .data import DataError
+from .config import PRESETS, make_config, parse_set_args
+from .errors import ConfigError, UserError
 
 
 def _config(args):
@@ -41,7 +41,7 @@ def cmd_train(args):
     cfg = _config(args)
     print(f"training {cfg.method} ({cfg.preset}) on {pick_device(cfg.device)}; overrides: {args.set or 'none'}",
           flush=True)
-    run = train(cfg)
+    run = train(cfg, allow_changes=tuple(args.allow_change or ()))
     result = run["result"]
     from .distributed import is_main
     if result is None or not is_main():  # stopped early, or a non-zero DDP rank
@@ -77,10 +77,7 @@ def cmd_export(args):
     from .pretrained import export_backbone
     from .train import run_dir
     cfg = _config(args)
-    command = args.command_line or " ".join(
-        ["python -m ssl_lessons train", f"--method {cfg.method}", f"--preset {args.preset}"]
-        + ([f"--data {args.data}"] if args.data else []) + ([f"--set {' '.join(args.set)}"] if args.set else []))
-    path = export_backbone(cfg, run_dir(cfg), args.name, command)
+    path = export_backbone(run_dir(cfg), args.name, expected=cfg)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -96,12 +93,16 @@ def main(argv=None):
     def common(p):
         p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS),
                        help="cifar10-laptop: ~15 min on a laptop CPU (the default); smoke: seconds, for tests")
-        p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. epochs=8 lr=1e-3")
-        p.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $SSL_LESSONS_CIFAR10, data/, or download)")
+        p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="override config fields, e.g. epochs=8 lr=1e-3")
+        p.add_argument("--data", help="CIFAR-10 folder or .tar.gz; it wins over $SSL_LESSONS_CIFAR10 (which wins over "
+                                      "data/cifar10.pt, then a download) and must exist")
 
     p = sub.add_parser("train", help="train a method, then k-NN + linear probe on the test set")
     common(p)
     p.add_argument("--method", help="simclr (the default), byol, swav or dino")
+    p.add_argument("--allow-change", nargs="+", metavar="KEY",
+                   help="resume a checkpoint with new values of these fields (e.g. lr after a NaN); recorded in "
+                        "the checkpoint and results.json")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="do not print lesson 0's yardsticks beside the result")
     p.set_defaults(func=cmd_train)
@@ -109,7 +110,7 @@ def main(argv=None):
     common(p)
     p.set_defaults(func=cmd_baselines)
     p = sub.add_parser("prepare-data", help="find CIFAR-10 and decode it once into data/cifar10.pt")
-    p.add_argument("--data", help="CIFAR-10 folder or .tar.gz")
+    p.add_argument("--data", help="CIFAR-10 folder or .tar.gz (else $SSL_LESSONS_CIFAR10, then a download)")
     p.set_defaults(func=cmd_prepare_data)
     p = sub.add_parser("collapse-study", help="lesson 2: BYOL without its predictor or momentum target; "
                                               "lesson 4 (--method dino): DINO without centering or sharpening")
@@ -120,7 +121,6 @@ def main(argv=None):
     common(p)
     p.add_argument("--method", help="simclr (the default), byol, swav or dino")
     p.add_argument("--name", required=True)
-    p.add_argument("--command-line", help="the train command to record (default: train with the same options)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
     common(p)
@@ -130,9 +130,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last checkpoint is intact; the same command resumes from it", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import json
 
-from .data import load_dataset
+from .data import dataset_key, load_dataset
 from .evaluation import yardsticks
-from .train import RUNS_DIR, _atomic_write_text, pick_device
+from .checkpoint import atomic_write_text
+from .train import RUNS_DIR, pick_device
 
 
 def yardstick_path(cfg):
     arch = f"{cfg.backbone}-p{cfg.patch_size}-d{cfg.embed_dim}x{cfg.depth}-{cfg.global_pool}"
     subset = f"-{cfg.train_subset}x{cfg.test_subset}" if cfg.train_subset or cfg.test_subset else ""
-    name = cfg.dataset if cfg.dataset == "cifar10" else "folder"
+    name = dataset_key(cfg)  # two image trees never share yardsticks
     return RUNS_DIR / "baselines" / f"{name}{subset}-{arch}.json"
 
 
@@ -23,5 +24,5 @@ def load_or_compute_yardsticks(cfg, data=None, recompute: bool = False) -> dict:
     data = data if data is not None else load_dataset(cfg)
     result = yardsticks(cfg, data, pick_device(cfg.device), probe=cfg.linear_probe)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(result, indent=1))
+    atomic_write_text(json.dumps(result, indent=1), path)
     return result

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ConfigError
+
 
 @dataclass
 class Config:
@@ -76,10 +78,6 @@ PRESETS: dict[str, dict] = {
                   epochs=0.25, batch_size=64, ckpt_every=2, log_every=1,
                   knn_every=0.125, knn_bank=1024, linear_probe=True, probe_max_iter=100, eval_batch_size=256),
 }
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def require(condition: bool, message: str) -> None:
@@ -158,10 +156,14 @@ def validate(cfg: Config) -> Config:
     for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "layerscale_init",
                 "register_tokens", "train_subset", "test_subset", "knn_every"):
         require(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
+    require(cfg.knn_every == 0 or cfg.knn_k <= cfg.knn_bank,
+            f"knn_k ({cfg.knn_k}) must not exceed knn_bank ({cfg.knn_bank}), the periodic k-NN's bank")
     require(0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}")
     require(cfg.drop_path_rate < 1, f"drop_path_rate is a probability below 1, got {cfg.drop_path_rate}")
     require(cfg.global_pool in ("avg", "token"), f"global_pool is 'avg' or 'token', got {cfg.global_pool!r}")
     require(cfg.backbone in ("vit", "resnet18"), f"backbone is 'vit' or 'resnet18', got {cfg.backbone!r}")
+    require(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
+            f"device is auto, cpu, mps, cuda or cuda:N, got {cfg.device!r}")
     if cfg.backbone == "vit":
         require(cfg.image_size % cfg.patch_size == 0,
                 f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
@@ -223,6 +225,34 @@ def variant_configs(preset: str, method: str, variants: dict[str, dict], **commo
         cfg = make_config(preset, {"method": method, **common, **changes})
         out[name] = dataclasses.replace(cfg, preset=f"{preset}-{slug}")
     return out
+
+
+def base_preset(preset: str) -> str:
+    """The PRESETS entry a run's preset name starts from ("cifar10-laptop-no-centering" -> "cifar10-laptop")."""
+    for name in sorted(PRESETS, key=len, reverse=True):
+        if preset == name or preset.startswith(name + "-"):
+            return name
+    raise ConfigError(f"preset {preset!r} does not start with one of {', '.join(PRESETS)}")
+
+
+def train_command(cfg: Config, out_dir: str | None = None) -> str:
+    """The `python -m ssl_lessons train` command whose config is exactly cfg: its base preset, its method and a
+    --set for every field that differs from them (plus out_dir, when given)."""
+    preset = base_preset(cfg.preset)
+    reference, own = flat_config(make_config(preset, {"method": cfg.method})), flat_config(cfg)
+    sets = [f"{k}={_as_text(v)}" for k, v in own.items()
+            if k not in ("preset", "method", "out_dir") and v != reference[k]]
+    if out_dir or cfg.out_dir:
+        sets.append(f"out_dir={_as_text(str(out_dir or cfg.out_dir))}")
+    return " ".join([f"python -m ssl_lessons train --method {cfg.method} --preset {preset}"]
+                    + (["--set", *sets] if sets else []))
+
+
+def _as_text(value) -> str:
+    import shlex
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return shlex.quote(repr(value) if isinstance(value, float) else str(value))
 
 
 SMOKE_ENV = "SSL_LESSONS_SMOKE"

@@ -1,20 +1,23 @@
 """CIFAR-10 (or any ImageFolder tree) decoded once into a uint8 cache, so no epoch pays for decoding.
 
 Where CIFAR-10 comes from, in this order:
-  1. a cache already prepared under data/ (data/cifar10.pt);
-  2. a folder or .tar.gz you name, by argument or $SSL_LESSONS_CIFAR10, holding either the ImageFolder layout
-     (train/<class>/*.jpg, test/<class>/*.jpg) or torchvision's cifar-10-batches-py;
+  1. a folder or .tar.gz you name (--data, data_source, else $SSL_LESSONS_CIFAR10), holding either the ImageFolder
+     layout (train/<class>/*.jpg, test/<class>/*.jpg) or torchvision's cifar-10-batches-py. A named path wins:
+     if it does not exist the run stops, and a cache is used only if it was made from that very source;
+  2. the cache already prepared under data/ (data/cifar10.pt);
   3. a download through torchvision, when the machine is online.
+Each cache records the identity of its source (resolved path and a digest of file names, sizes and dates).
 
 Images are kept as uint8 tensors (N, 3, H, W) with int64 labels (N,); augmentation turns batches of them into
 float views on the training device (see augment.py).
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import os
 import pickle
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save
+from .errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SSL_LESSONS_DATA_DIR", REPO_ROOT / "data"))
@@ -33,10 +37,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-class DataError(RuntimeError):
-    """Raised when images cannot be found or read; the message says how to fix it."""
 
 
 @dataclass
@@ -68,40 +68,81 @@ class ImageData:
 
 def _not_found_message(tried: list[str]) -> str:
     return ("CIFAR-10 was not found. " + " ".join(tried) + "\nProvide it in one of three ways:\n"
-            f"  1. prepare it once into {DATA_DIR}/cifar10.pt (any of the ways below does this for you);\n"
-            f"  2. name a folder or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg, or torchvision's\n"
-            f"     cifar-10-batches-py: `export {ENV_VAR}=/path/to/cifar10-jpg.tar.gz` (or data_source=...);\n"
+            f"  1. name a folder or .tar.gz holding train/<class>/*.jpg and test/<class>/*.jpg, or torchvision's\n"
+            f"     cifar-10-batches-py: --data PATH, or `export {ENV_VAR}=/path/to/cifar10-jpg.tar.gz`;\n"
+            f"  2. prepare it once into {DATA_DIR}/cifar10.pt (`python -m ssl_lessons prepare-data --data PATH`);\n"
             "  3. run once on a machine that is online: torchvision downloads it (about 170 MB).")
+
+
+def source_identity(path: str | os.PathLike) -> dict:
+    """What identifies a source's images without decoding them: its resolved path, and a digest of the (relative
+    name, size, mtime) of the archive or of every file and folder in the tree. A renamed, added, removed or
+    rewritten image changes it; so does the same folder name in another place."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    entries = [path] if path.is_file() else sorted(p for p in path.rglob("*"))
+    for entry in entries:
+        st = entry.stat()
+        digest.update(f"{entry.relative_to(path) if entry != path else '.'}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"path": str(path), "entries": len(entries), "digest": digest.hexdigest()}
+
+
+def cache_name(identity: dict, image_size: int, stem: str) -> str:
+    key = hashlib.sha256(f"{identity['path']}|{identity['digest']}|{image_size}".encode()).hexdigest()[:12]
+    return f"{stem}-{image_size}px-{key}.pt"
+
+
+def _named_source(source) -> Path:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Name a folder holding train/<class>/*.jpg and test/<class>/*.jpg "
+                        f"(or a .tar.gz of one) with --data, data_source or ${ENV_VAR}; or unset them to use "
+                        f"{DATA_DIR}/cifar10.pt")
+    return path
 
 
 def load_cifar10(source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                  download: bool = True) -> ImageData:
-    """CIFAR-10 as uint8 tensors, from the cache, a named folder/archive, or a download (in that order)."""
+    """CIFAR-10 as uint8 tensors. Where from, in this order:
+      1. the path you name (`source`, else $SSL_LESSONS_CIFAR10): it must exist, and it wins over any cache that
+         was made from something else; its cache is data/cifar10.pt if that one was made from this very source
+         (same path, sizes and dates), else data/cifar10-32px-<key>.pt;
+      2. data/cifar10.pt, as prepared before;
+      3. a torchvision download."""
     data_dir = Path(data_dir or DATA_DIR)
-    cache = data_dir / "cifar10.pt"
-    if cache.exists():
-        return _load_cache(cache)
-    source = source or os.environ.get(ENV_VAR) or None
-    tried = [f"No cache at {cache}."]
-    if source:
-        data = read_image_source(Path(source), image_size=32)
-    else:
-        tried.append(f"${ENV_VAR} is not set.")
-        data = _download_cifar10(data_dir, tried) if download else None
-        if data is None:
-            raise DataError(_not_found_message(tried))
-    _save_cache(data, cache)
+    default_cache = data_dir / "cifar10.pt"
+    named = source or os.environ.get(ENV_VAR) or None
+    if named:
+        path = _named_source(named)
+        identity = source_identity(path)
+        if default_cache.exists() and _cached_identity(default_cache) == identity:
+            return _load_cache(default_cache)
+        cache = default_cache if not default_cache.exists() else data_dir / cache_name(identity, 32, "cifar10")
+        if cache.exists():
+            return _load_cache(cache)
+        data = read_image_source(path, image_size=32)
+        _save_cache(data, cache, identity)
+        return data
+    if default_cache.exists():
+        return _load_cache(default_cache)
+    tried = [f"No cache at {default_cache}.", f"${ENV_VAR} is not set."]
+    data = _download_cifar10(data_dir, tried) if download else None
+    if data is None:
+        raise DataError(_not_found_message(tried))
+    _save_cache(data, default_cache, source_identity(data_dir / "cifar-10-batches-py"))
     return data
 
 
 def load_image_folder(root: str | os.PathLike, image_size: int, data_dir: str | os.PathLike | None = None) -> ImageData:
-    """Any ImageFolder tree with train/ and test/ (the ImageNet layout), resized to image_size and cached."""
-    root = Path(root)
-    cache = Path(data_dir or DATA_DIR) / f"{root.name}-{image_size}px.pt"
+    """Any ImageFolder tree with train/ and test/ (the ImageNet layout), resized to image_size and cached under a
+    name that identifies the tree (path, file sizes and dates) and the size."""
+    root = _named_source(root)
+    identity = source_identity(root)
+    cache = Path(data_dir or DATA_DIR) / cache_name(identity, image_size, root.name.split(".")[0])
     if cache.exists():
         return _load_cache(cache)
     data = read_image_source(root, image_size)
-    _save_cache(data, cache)
+    _save_cache(data, cache, identity)
     return data
 
 
@@ -112,6 +153,17 @@ def load_dataset(cfg) -> ImageData:
     else:
         data = load_image_folder(cfg.dataset, cfg.image_size)
     return data.subset(cfg.train_subset, cfg.test_subset, seed=0)
+
+
+def dataset_key(cfg) -> str:
+    """A short name for cfg's images, for files computed from them (lesson 0's yardsticks): "cifar10" for the
+    default CIFAR-10, else the name of the named source's cache."""
+    if cfg.dataset == "cifar10":
+        if not cfg.data_source:
+            return "cifar10"
+        return cache_name(source_identity(_named_source(cfg.data_source)), 32, "cifar10")[:-3]
+    root = _named_source(cfg.dataset)
+    return cache_name(source_identity(root), cfg.image_size, root.name.split(".")[0])[:-3]
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -170,9 +222,14 @@ def _decode_splits(blobs: dict, image_size: int, origin: str) -> ImageData:
     out = []
     for split in ("train", "test"):
         entries = sorted(blobs[split], key=lambda e: e[0])
-        unknown = sorted({cls for _, cls, _ in entries} - set(index))
+        present = {cls for _, cls, _ in entries}
+        unknown = sorted(present - set(index))
         if unknown:
-            raise DataError(f"{origin}: test classes {unknown} do not appear in train/")
+            raise DataError(f"{origin}: test classes {unknown} do not appear in train/; a test image must belong "
+                            "to a class the classifiers can be fitted on. Move or delete those folders")
+        if split == "test" and set(classes) - present:
+            warnings.warn(f"{origin}: train classes {sorted(set(classes) - present)} have no test images; the "
+                          "test accuracy covers the other classes only", stacklevel=2)
         images = torch.empty(len(entries), 3, image_size, image_size, dtype=torch.uint8)
         for i, (name, _, read) in enumerate(tqdm(entries, desc=f"decoding {split}", unit=" img", mininterval=1.0)):
             images[i] = _decode(read(), name, image_size)
@@ -183,27 +240,49 @@ def _decode_splits(blobs: dict, image_size: int, origin: str) -> ImageData:
 
 def _decode(data: bytes, name: str, image_size: int) -> torch.Tensor:
     try:
+        if not data:
+            raise ValueError("the file is empty")
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as e:
-        raise DataError(f"could not decode image {name} ({e}). The file is corrupt or not an image: "
-                        "replace or delete it, then run again.") from e
+    except (RuntimeError, ValueError) as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"could not decode image {name} ({cause}). The file is corrupt or not an image: "
+                        "replace or delete it, then run again.") from None
     if image.shape[-2:] != (image_size, image_size):
         image = TF.center_crop(TF.resize(image, image_size, antialias=True), [image_size, image_size])
     return image
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10's python batches are pickles: allow the numpy array pieces they hold and nothing else, so a planted
+    batch file cannot run code (pickle.load would call any function the file names)."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch file")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({e}); download it again") from None
 
 
 def _read_cifar_batches(folder: Path) -> ImageData:
     def read(names):
         xs, ys = [], []
         for name in names:
-            with open(folder / name, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+            batch = _unpickle(folder / name)
             xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.extend(batch["labels"])
         return torch.from_numpy(np.concatenate(xs)), torch.tensor(ys, dtype=torch.int64)
 
-    with open(folder / "batches.meta", "rb") as f:
-        classes = pickle.load(f, encoding="latin1")["label_names"]
+    classes = _unpickle(folder / "batches.meta")["label_names"]
     return ImageData(*read([f"data_batch_{i}" for i in range(1, 6)]), *read(["test_batch"]), classes)
 
 
@@ -218,10 +297,18 @@ def _download_cifar10(data_dir: Path, tried: list[str]) -> ImageData | None:
     return _read_cifar_batches(data_dir / "cifar-10-batches-py")
 
 
-def _save_cache(data: ImageData, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save_cache(data: ImageData, path: Path, identity: dict) -> None:
     atomic_save({"train_images": data.train_images, "train_labels": data.train_labels,
-                 "test_images": data.test_images, "test_labels": data.test_labels, "classes": data.classes}, path)
+                 "test_images": data.test_images, "test_labels": data.test_labels, "classes": data.classes,
+                 "source": identity}, path)
+
+
+def _cached_identity(path: Path) -> dict | None:
+    """The source identity a cache recorded (None for caches made before it was recorded); memory-mapped, cheap."""
+    try:
+        return torch.load(path, weights_only=True, mmap=True).get("source")
+    except Exception:
+        return None
 
 
 def _load_cache(path: Path) -> ImageData:
@@ -229,7 +316,8 @@ def _load_cache(path: Path) -> ImageData:
         d = torch.load(path, weights_only=True)
         return ImageData(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"], d["classes"])
     except Exception as e:
-        raise DataError(f"the cache {path} is unreadable ({e}); delete it and run again to rebuild it.") from e
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"the cache {path} is unreadable ({cause}); delete it and run again to rebuild it.") from None
 
 
 def normalize(images_uint8: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:

@@ -6,7 +6,8 @@ the run's log). A lesson loads one next to its short live run and says which res
     python -m ssl_lessons export --method dino --set epochs=5 out_dir=runs/dino-cifar10-laptop-5ep \\
         --name dino-vit-cifar10-5ep
 
-`export` takes the train command's own options, so it finds the same run folder and records that train command.
+`export` takes the train command's own options, so it finds the same run folder; it refuses a run whose saved
+config differs from them, and records the train command that rebuilds the run's own saved config.
 """
 from __future__ import annotations
 
@@ -16,28 +17,52 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_save, load_checkpoint
-from .config import Config, config_from_dict, config_to_dict
+from .config import Config, config_from_dict, config_to_dict, flat_config, train_command
+from .errors import CheckpointError, ConfigError
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 
 
-def export_backbone(cfg: Config, out_dir: Path, name: str, command: str, directory: Path = PRETRAINED_DIR) -> Path:
-    """Write the finished run in out_dir as directory/<name>.pt: fp16 weights of its evaluated backbone."""
+def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, expected: Config | None = None) -> Path:
+    """Write the finished run in out_dir as directory/<name>.pt: fp16 weights of its evaluated backbone, with the
+    config the run saved and the train command that rebuilds exactly that config. `expected`: the config the caller
+    thinks the run has (the export command's options); a run trained with another one is refused."""
     from .methods import build_method
+    from .train import RESUMABLE_CHANGES
 
     result_path = Path(out_dir) / "results.json"
     if not result_path.exists():
         raise FileNotFoundError(f"{result_path} does not exist: finish the run first (the same train command "
                                 "resumes it), then export it")
     ckpt = load_checkpoint(Path(out_dir) / "checkpoint.pt")
+    result = json.loads(result_path.read_text())
+    if result.get("steps") != ckpt["step"]:
+        raise CheckpointError(f"{out_dir}: results.json is of step {result.get('steps')} but the checkpoint of step "
+                              f"{ckpt['step']}; finish the run (the same train command) before exporting it")
+    cfg = config_from_dict(ckpt["config"])
+    if expected is not None:
+        before, now = flat_config(cfg), flat_config(expected)
+        diff = [f"{k}: {before.get(k)!r} in the run, {v!r} here" for k, v in now.items()
+                if k not in RESUMABLE_CHANGES | {"preset"} and before.get(k) != v]
+        if diff:
+            raise ConfigError(f"{out_dir} was trained with another config ({'; '.join(diff)}); give export the "
+                              "train command's own options")
     method = build_method(cfg)
     method.load_state_dict(ckpt["method"])
     weights = {k: v.half() if v.is_floating_point() else v for k, v in method.eval_backbone.state_dict().items()}
     history = json.loads((Path(out_dir) / "history.json").read_text())
     path = Path(directory) / f"{name}.pt"
-    atomic_save({"config": config_to_dict(cfg), "backbone": weights, "result": json.loads(result_path.read_text()),
-                 "evals": history["evals"], "history": history["history"], "command": command}, path)
+    atomic_save({"config": config_to_dict(cfg), "backbone": weights, "result": result, "evals": history["evals"],
+                 "history": history["history"], "command": train_command(cfg, out_dir=_shown(out_dir))}, path)
     return path
+
+
+def _shown(out_dir: Path) -> str:
+    """out_dir relative to the repository when it lies inside it (as a command typed there would name it)."""
+    try:
+        return str(Path(out_dir).resolve().relative_to(PRETRAINED_DIR.parent.parent))
+    except ValueError:
+        return str(out_dir)
 
 
 def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn.Module, dict]:

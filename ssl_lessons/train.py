@@ -9,6 +9,7 @@ periodic k-NN, atomic checkpoints with exact resume, DDP under torchrun, and the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,9 +24,10 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from .config import Config, config_from_dict, config_to_dict, flat_config
 from .data import load_dataset
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .evaluation import evaluate, extract_features, knn_top1
 from .methods import build_method
 from .optim import apply_schedules, clip_gradients, drop_frozen_gradients
@@ -36,6 +38,9 @@ RUNS_DIR = Path(os.environ.get("SSL_LESSONS_RUNS", REPO_ROOT / "runs"))
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {"out_dir", "ckpt_every", "device", "eval_batch_size", "linear_probe", "probe_max_iter",
                      "knn_every", "knn_bank"}
+# Fields that may change on resume when the user says so (--allow-change), besides the recipe's float fields.
+ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_end", "clip_grad")
+CIFAR10_TRAIN_IMAGES = 50_000
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -58,18 +63,25 @@ def _autocast(cfg: Config, device: torch.device):
     return nullcontext()
 
 
-def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: bool = True) -> dict:
+def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: bool = True,
+          allow_changes: tuple[str, ...] = ()) -> dict:
     """Train cfg.method on cfg.dataset; resume from run_dir(cfg)/checkpoint.pt if it exists.
 
+    A resumed run must have the checkpoint's config, except for the fields in RESUMABLE_CHANGES and those named in
+    `allow_changes` (e.g. ("lr",) to go on from the last good checkpoint with a lower learning rate after a NaN;
+    see ADJUSTABLE_ON_RESUME); such changes are recorded in the checkpoint and the result.
     `stop_after` ends the call after that many total steps (after writing a checkpoint), as a killed run would.
     Returns {"history", "evals", "result" (None until the run is finished), "out_dir"}."""
     rank, world, local_rank = distributed.setup()
     device = pick_device(cfg.device, local_rank)
     out_dir = run_dir(cfg)
     ckpt_path = out_dir / "checkpoint.pt"
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes")
-    local_batch = cfg.batch_size // world
+    # Everything that can be checked without the images is checked before they are loaded.
+    local_batch = check_run(cfg, world, n_train=None if data is None else len(data.train_labels))
+    ckpt = None
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        config_changes = check_resumable(ckpt, cfg, ckpt_path, world, allow_changes)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     if data is None:
@@ -78,10 +90,9 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
         data = load_dataset(cfg)
         if rank == 0:
             distributed.barrier()
+        check_run(cfg, world, n_train=len(data.train_labels))
     n_train = len(data.train_labels)
     steps_per_epoch = n_train // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n_train} training images")
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     method = build_method(cfg).to(device)
@@ -93,16 +104,12 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     optimizer = torch.optim.AdamW(method.param_groups(), lr=0.0, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
 
-    step, history, evals, train_seconds = 0, [], [], 0.0
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        _check_compatible(ckpt["config"], cfg, ckpt_path)
-        if len(ckpt["rank_states"]) != world:
-            raise ValueError(f"{ckpt_path} was written by {len(ckpt['rank_states'])} processes; resume it with as "
-                             f"many (now {world}), or start afresh with another out_dir")
+    step, history, evals, train_seconds, changes = 0, [], [], 0.0, []
+    if ckpt is not None:
         method.load_state_dict(ckpt["method"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, history, evals, train_seconds = ckpt["step"], ckpt["history"], ckpt["evals"], ckpt["train_seconds"]
+        changes = ckpt.get("config_changes", []) + ([{"step": step, "changes": config_changes}] if config_changes else [])
         own = ckpt["rank_states"][rank]
         generator.set_state(own["generator"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
         torch.set_rng_state(own["torch"].cpu())
@@ -117,7 +124,7 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
             {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state(), "method": method.rank_state()})
         state = {"config": config_to_dict(cfg), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
                  "step": step, "history": history, "evals": evals, "train_seconds": train_seconds,
-                 "rank_states": rank_states}
+                 "rank_states": rank_states, "config_changes": changes}
         if rank == 0:
             atomic_save(state, ckpt_path)
         distributed.barrier()
@@ -135,6 +142,7 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                       "knn_top1": periodic_knn(method.eval_backbone, data, cfg, device)})
         bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']})")
 
+    ckpt_step = step
     if knn_every_steps and step == 0:
         record_knn()  # the starting point: the randomly initialised backbone
     model.train()
@@ -157,8 +165,10 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
             with _autocast(cfg, device):
                 loss, logs = model(crops, diagnostics=log_now)
             if (log_now or save_now) and not torch.isfinite(loss):  # a sync: only where a record or file is made
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower lr (now {lr:.2e}) "
-                                         "or raise the temperature; the last checkpoint is intact.")
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at step {step}. The checkpoint in {out_dir} is intact (step "
+                    f"{ckpt_step}); resume it with a lower learning rate: the same command with --set "
+                    f"lr={cfg.lr / 2:g} --allow-change lr (or train afresh with another out_dir)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             drop_frozen_gradients(optimizer, progress)
@@ -180,6 +190,7 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                 record_knn()
             if save_now:
                 save_checkpoint()
+                ckpt_step = step
             bar.update()
             if step >= total_steps or step == stop_after:
                 break
@@ -187,7 +198,8 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
 
     result = None
     if step >= total_steps:
-        result = _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch)
+        result = _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
+                         changes)
     distributed.barrier()
     return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method}
 
@@ -200,7 +212,8 @@ def periodic_knn(backbone: nn.Module, data, cfg: Config, device) -> float:
     return knn_top1(train, bank.train_labels, test, bank.test_labels, cfg.knn_k, cfg.knn_temperature)
 
 
-def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch) -> dict:
+def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
+            changes) -> dict:
     """The final k-NN (and probe) on every rank (collective), written by rank 0; every rank returns the result."""
     result_path = out_dir / "results.json"
     if result_path.exists():
@@ -214,12 +227,12 @@ def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, s
               "train_images_per_second": step * cfg.batch_size / max(train_seconds, 1e-9),
               "bank": len(data.train_labels), "queries": len(data.test_labels),
               "final_logs": {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {},
-              "config": config_to_dict(cfg)}
+              "config": config_to_dict(cfg), "config_changes": changes}
     if not distributed.is_main():
         return result
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "history.json").write_text(json.dumps({"history": history, "evals": evals}, indent=1))
-    _atomic_write_text(result_path, json.dumps(result, indent=1))
+    atomic_write_text(json.dumps({"history": history, "evals": evals}, indent=1), out_dir / "history.json")
+    atomic_write_text(json.dumps(result, indent=1), result_path)
     from .visualize import plot_training  # matplotlib only when needed
     fig = plot_training(history, evals, title=f"{cfg.method} ({cfg.preset})", final=result)
     fig.savefig(out_dir / "curves.png", dpi=120, bbox_inches="tight")
@@ -228,19 +241,56 @@ def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, s
     return result
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def check_run(cfg: Config, world: int, n_train: int | None = None) -> int:
+    """The per-rank batch, after the checks that need no training: the device exists, the batch splits over the
+    processes and fits the training images (CIFAR-10's 50,000, or its subset, before they are loaded)."""
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device} but this machine has no CUDA GPU: use device=auto or device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={cfg.device} but MPS is not available here: use device=auto or device=cpu")
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes: set batch_size to "
+                          f"a multiple of {world}")
+    if n_train is None and cfg.dataset == "cifar10":
+        n_train = min(cfg.train_subset or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
+    if n_train is not None and cfg.batch_size > n_train:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {n_train} training images: lower "
+                          "batch_size or raise train_subset")
+    if n_train is not None and cfg.knn_k > n_train:
+        raise ConfigError(f"knn_k {cfg.knn_k} is larger than the {n_train} training images of the k-NN bank: lower "
+                          "knn_k")
+    return cfg.batch_size // world
 
 
-def _check_compatible(saved: dict, cfg: Config, path: Path) -> None:
+def check_resumable(ckpt: dict, cfg: Config, path: Path, world: int, allow_changes=()) -> dict:
+    """Refuse to resume a checkpoint of another method, another config or another number of processes; return the
+    changes made with consent ({key: [before, now]}) for the fields in `allow_changes`."""
+    saved = ckpt["config"]
     if saved.get("method") != cfg.method:
-        raise ValueError(f"{path} belongs to a {saved.get('method')} run, not {cfg.method}: choose another out_dir "
-                         "(or delete the checkpoint)")
+        raise CheckpointError(f"{path} belongs to a {saved.get('method')} run, not {cfg.method}: choose another "
+                              "out_dir (or delete the checkpoint)")
+    if len(ckpt["rank_states"]) != world:
+        raise CheckpointError(f"{path} was written by {len(ckpt['rank_states'])} processes; resume it with as many "
+                              f"(now {world}), or start afresh with another out_dir")
+    not_adjustable = sorted(set(allow_changes) - adjustable_on_resume(cfg))
+    if not_adjustable:
+        raise ConfigError(f"--allow-change {', '.join(not_adjustable)}: only these can change on resume: "
+                          f"{', '.join(sorted(adjustable_on_resume(cfg)))}")
     before, now = flat_config(config_from_dict(saved)), flat_config(cfg)
-    diff = {k: (before[k], v) for k, v in now.items() if k not in RESUMABLE_CHANGES and before.get(k) != v}
-    if diff:
-        pretty = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{path} was written with a different config ({pretty}). Resume with the same settings, "
-                         "or start afresh with another out_dir (or delete the checkpoint).")
+    diff = {k: [before.get(k), v] for k, v in now.items() if k not in RESUMABLE_CHANGES and before.get(k) != v}
+    refused = {k: d for k, d in diff.items() if k not in allow_changes}
+    if refused:
+        pretty = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise CheckpointError(f"{path} was written with a different config ({pretty}). Resume with the same "
+                              "settings, or start afresh with another out_dir (or delete the checkpoint); to go on "
+                              f"with new values of {', '.join(sorted(set(refused) & adjustable_on_resume(cfg))) or 'lr'}"
+                              ", add --allow-change with their names")
+    return diff
+
+
+def adjustable_on_resume(cfg: Config) -> set[str]:
+    """Fields that may change on resume with consent: the optimisation numbers and the method's real-valued
+    settings (temperatures, momenta), which change the steps to come but not the shapes of anything saved."""
+    recipe = {f.name for f in dataclasses.fields(cfg.recipe) if isinstance(getattr(cfg.recipe, f.name), float)}
+    return set(ADJUSTABLE_ON_RESUME) | recipe

@@ -36,7 +36,8 @@ def test_resumed_run_has_the_same_loss_trace_as_an_uninterrupted_one(tmp_path, t
 
 def test_resume_with_a_different_config_is_refused(tmp_path, tiny_data):
     train(smoke(tmp_path, "run"), data=tiny_data, stop_after=1, show_progress=False)
-    with pytest.raises(ValueError, match="different config.*lr"):
+    from ssl_lessons.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="different config.*lr"):
         train(smoke(tmp_path, "run", lr=0.5), data=tiny_data, show_progress=False)
 
 

@@ -1,0 +1,22 @@
+"""The expected failures: each carries a message that says what to do. The command line prints it as one line
+(`error: ...`) and exits with status 2; nothing else is caught, so a real bug still shows its traceback."""
+
+
+class UserError(Exception):
+    """A bad input or a state the user can fix (a setting, a path, a file, a run folder)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A setting that cannot work: unknown key, wrong type, out of range, or incompatible with another."""
+
+
+class DataError(UserError, RuntimeError):
+    """Images that cannot be found or read."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or run folder that cannot be used as asked: unreadable, another method's, another config."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss became NaN or infinite; the last checkpoint is intact."""
