@@ -99,7 +99,7 @@ def main(argv=None):
 
     p = sub.add_parser("train", help="train a method, then k-NN + linear probe on the test set")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav or dino")
+    p.add_argument("--method", help="simclr (the default), byol, swav, dino or ibot")
     p.add_argument("--allow-change", nargs="+", metavar="KEY",
                    help="resume a checkpoint with new values of these fields (e.g. lr after a NaN); recorded in "
                         "the checkpoint and results.json")
@@ -119,7 +119,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_collapse_study)
     p = sub.add_parser("export", help="save a finished run's evaluated backbone in fp16 to data/pretrained/NAME.pt")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav or dino")
+    p.add_argument("--method", help="simclr (the default), byol, swav, dino or ibot")
     p.add_argument("--name", required=True)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")

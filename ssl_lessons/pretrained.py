@@ -76,6 +76,6 @@ def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn
                                 "`python -m ssl_lessons train ...` and then `python -m ssl_lessons export ...` "
                                 "(see data/pretrained/README.md for the exact commands)")
     record = load_checkpoint(path)
-    backbone = backbone_from_config(config_from_dict(record["config"]))
+    backbone = backbone_from_config(config_from_dict(record["config"]), mask_token="mask_token" in record["backbone"])
     backbone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in record["backbone"].items()})
     return backbone.eval(), {k: v for k, v in record.items() if k != "backbone"}

@@ -110,3 +110,39 @@ def plot_attention_maps(images: torch.Tensor, maps: torch.Tensor, masks: torch.T
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_masked_crops(crops: torch.Tensor, masks: torch.Tensor, patch_size: int, n: int = 8, title: str = ""):
+    """Global crops (B, 3, H, W standardised) and their patch masks (B, N bool): each crop above, the same crop
+    with its masked patches greyed out below, and the fraction masked."""
+    pictures = unnormalize(crops[:n].float()).permute(0, 2, 3, 1).cpu().numpy()
+    grid = crops.shape[-1] // patch_size
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 2.8), squeeze=False)
+    for i in range(n):
+        mask = masks[i].view(grid, grid).cpu().numpy().repeat(patch_size, 0).repeat(patch_size, 1)
+        axes[0, i].imshow(pictures[i].clip(0, 1))
+        axes[1, i].imshow(np.where(mask[..., None], 0.5, pictures[i]).clip(0, 1))
+        axes[1, i].set_title(f"{masks[i].float().mean():.0%} masked", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_patch_pca(images_u8: torch.Tensor, results: dict, title: str = ""):
+    """One row of images, then per backbone (results: {name: pca.PatchPCA}) a row of its patch-PCA colours,
+    upsampled (nearest) to the image: black = background, equal colours = similar patch features."""
+    n = len(images_u8)
+    fig, axes = plt.subplots(1 + len(results), n, figsize=(1.3 * n, 1.35 * (1 + len(results))), squeeze=False)
+    for i in range(n):
+        axes[0, i].imshow(images_u8[i].permute(1, 2, 0).cpu().numpy())
+    for row, (name, result) in enumerate(results.items(), start=1):
+        for i in range(n):
+            axes[row, i].imshow(result.rgb[i].cpu().numpy(), interpolation="nearest")
+        axes[row, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

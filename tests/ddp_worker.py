@@ -58,6 +58,13 @@ if mode == "swav-resume":
     saved["resumed_state"] = resumed["method"].state_dict()
     saved["resumed_rank_state"] = resumed["method"].rank_state()
     saved["resumed_losses"] = [h["loss"] for h in resumed["history"]]
+if mode == "ibot":
+    # the patch center from uneven numbers of masked tokens: rank 0 has 1 token of ones, rank 1 three of twos;
+    # the global mean is (1 + 3 * 2) / 4 = 1.75 on both ranks (not the mean of the rank means, 1.5)
+    from ssl_lessons.losses.ibot import iBOTPatchLoss
+    patch_loss = iBOTPatchLoss(3, center_momentum=0.0)
+    patch_loss.update_center(torch.full((1 if rank == 0 else 3, 3), float(rank + 1)))
+    saved["patch_center_from_own_outputs"] = patch_loss.center.clone()
 if mode == "dino":
     # outside DDP (which would broadcast buffers anyway): each rank sees different teacher outputs
     loss_fn = DINOLoss(3, center_momentum=0.9)

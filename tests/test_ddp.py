@@ -19,7 +19,7 @@ def run_two_processes(tmp_path, mode):
     return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "swav", "dino"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "swav", "dino", "ibot"])
 def test_two_process_training_keeps_weights_identical_and_evaluates_on_every_rank(tmp_path, method):
     r0, r1 = run_two_processes(tmp_path, method)
     assert r0["world"] == r1["world"] == 2 and len(r0["losses"]) == 4
@@ -94,3 +94,11 @@ def test_each_process_is_pinned_to_its_own_gpu(monkeypatch):
     distributed.setup()
     assert calls["set_device"] == 1 and calls["backend"] == "nccl"
     assert calls["device_id"] == torch.device("cuda", 1)
+
+
+def test_two_process_ibot_keeps_both_centers_identical_and_averages_every_masked_token(tmp_path):
+    r0, r1 = run_two_processes(tmp_path, "ibot")
+    for key in ("loss.center", "patch_loss.center"):
+        assert torch.equal(r0["state"][key], r1["state"][key]) and r0["state"][key].abs().sum() > 0, key
+    for r in (r0, r1):
+        assert torch.allclose(r["patch_center_from_own_outputs"], torch.full((1, 3), 1.75))

@@ -5,10 +5,11 @@ from ..backbones import backbone_from_config
 from .base import Method
 from .byol import BYOL
 from .dino import DINO
+from .ibot import iBOT
 from .simclr import SimCLR
 from .swav import SwAV
 
-METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV, "dino": DINO}
+METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV, "dino": DINO, "ibot": iBOT}
 
 
 def build_method(cfg) -> Method:
@@ -18,4 +19,4 @@ def build_method(cfg) -> Method:
     return cls.from_config(cfg, backbone_from_config(cfg, mask_token=cls.uses_patch_masks))
 
 
-__all__ = ["BYOL", "DINO", "METHODS", "Method", "SimCLR", "SwAV", "build_method"]
+__all__ = ["BYOL", "DINO", "METHODS", "Method", "SimCLR", "SwAV", "build_method", "iBOT"]

@@ -1,0 +1,116 @@
+"""iBOT (Zhou et al. 2022): DINO plus masked image modelling with the teacher as an online tokenizer.
+
+Everything of DINO stays (methods/dino.py: multi-crop, EMA teacher, centred and sharpened CLS targets, the same
+schedules). What is new:
+
+- the student's global crops are **masked** block-wise (masking.py): a fraction of them (0.5) has 10-50 % of its
+  patches replaced by the backbone's learned mask token before the position embeddings (backbones.forward_tokens);
+  the teacher always sees the crops whole;
+- a **patch loss** (losses/ibot.py): at every masked position the student predicts the teacher's centred, sharpened
+  distribution of that patch token;
+- total loss = DINO's CLS loss (the student's CLS of the masked global crops and of the local crops against the
+  teacher's CLS of the other global crops) + patch_loss_weight * patch loss (λ = 1).
+
+Heads: iBOT shares one head between CLS and patch tokens (its ablation found sharing best); `separate_heads=True`
+gives the patch tokens a head of their own, with K = patch_out_dim, as DINOv2 does. Both heads run only on what a
+loss reads: CLS tokens and masked patch tokens (dinov2's `ssl_meta_arch.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..config import require
+from ..heads import DINOHead
+from ..losses.ibot import iBOTPatchLoss
+from ..masking import BatchMasker
+from ..optim import parameter_groups
+from ..teacher import make_teacher
+from .dino import DINO, DINORecipe
+
+
+@dataclass
+class iBOTRecipe(DINORecipe):
+    mask_probability: float = 0.5   # fraction of the global crops that are masked (dinov2: mask_sample_probability)
+    mask_ratio_min: float = 0.1     # the masked crops' ratios are spread over (mask_ratio_min, mask_ratio_max)
+    mask_ratio_max: float = 0.5
+    patch_loss_weight: float = 1.0  # λ: loss = CLS loss + λ * patch loss
+    separate_heads: bool = False    # False: iBOT's one shared head; True: a patch head of its own (DINOv2)
+    patch_out_dim: int = 0          # K of the separate patch head (0 = out_dim); ignored with the shared head
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        require(cfg.backbone == "vit", f"iBOT masks patches: it needs backbone=vit, not {cfg.backbone}")
+        require(0 < self.mask_probability <= 1, f"mask_probability must be in (0, 1], got {self.mask_probability}")
+        require(0 < self.mask_ratio_min <= self.mask_ratio_max < 1,
+                f"need 0 < mask_ratio_min ({self.mask_ratio_min}) <= mask_ratio_max ({self.mask_ratio_max}) < 1")
+        require(self.patch_loss_weight >= 0, f"patch_loss_weight must be >= 0, got {self.patch_loss_weight}")
+        require(self.patch_out_dim >= 0, f"patch_out_dim must be >= 0, got {self.patch_out_dim}")
+
+
+class iBOT(DINO):
+    Recipe = iBOTRecipe
+    uses_patch_masks = True
+    # the masked-token heads cost about a third more per image than DINO: fewer epochs fit the laptop budget
+    PRESETS = {"cifar10-laptop": dict(DINO.PRESETS["cifar10-laptop"], epochs=1.2),
+               "smoke": DINO.PRESETS["smoke"]}
+
+    def __init__(self, backbone, recipe: iBOTRecipe = iBOTRecipe(), image_size: int = 32):
+        super().__init__(backbone, recipe, image_size)
+        patch_out_dim = (recipe.patch_out_dim or recipe.out_dim) if recipe.separate_heads else recipe.out_dim
+        if recipe.separate_heads:
+            self.patch_head = DINOHead(backbone.embed_dim, patch_out_dim, recipe.hidden_dim, recipe.bottleneck_dim,
+                                       recipe.norm_last_layer)
+            self.teacher = make_teacher(self.student)  # DINO's teacher had no patch head
+        self.patch_loss = iBOTPatchLoss(patch_out_dim, recipe.student_temp, recipe.center_momentum)
+        grid = image_size // backbone.patch_size
+        self.masker = BatchMasker((grid, grid), recipe.mask_probability, recipe.mask_ratio_min, recipe.mask_ratio_max)
+
+    @property
+    def student(self) -> nn.ModuleDict:
+        parts = {"backbone": self.backbone, "head": self.head}
+        if getattr(self.recipe, "separate_heads", False) and hasattr(self, "patch_head"):
+            parts["patch_head"] = self.patch_head
+        return nn.ModuleDict(parts)
+
+    def make_views(self, images, generator=None):
+        crops = self.crops(images, generator)
+        crops.masks = self.masker(len(crops.global_crops), generator).to(images.device)  # (G*B, N)
+        return crops
+
+    def forward(self, crops, diagnostics=False):
+        masks = crops.masks
+        tokens = self.backbone.forward_tokens(crops.by_size(), [masks] + [None] * (len(crops.by_size()) - 1))
+        cls = torch.cat([t["pooled"] for t in tokens])                              # (V*B, D)
+        masked_patches = tokens[0]["patch"][masks]                                  # (M, D)
+        with torch.no_grad():
+            teacher = self.teacher.backbone.forward_tokens(crops.global_crops)      # whole crops, no mask
+            teacher_cls, teacher_patches = teacher["pooled"], teacher["patch"][masks]
+        student_cls_out, student_patch_out = self._heads(self.head, getattr(self, "patch_head", None), cls,
+                                                         masked_patches)
+        with torch.no_grad():
+            teacher_cls_out, teacher_patch_out = self._heads(self.teacher.head, getattr(self.teacher, "patch_head", None),
+                                                             teacher_cls, teacher_patches)
+        cls_loss, stats = self.loss(list(student_cls_out.chunk(crops.n_views)), list(teacher_cls_out.chunk(crops.n_global)),
+                                    self.teacher_temp, with_stats=diagnostics)
+        patch_loss = self.patch_loss(student_patch_out, teacher_patch_out, masks, self.teacher_temp)
+        loss = cls_loss + self.recipe.patch_loss_weight * patch_loss
+        if not diagnostics:
+            return loss, {}
+        return loss, {"cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach(), **stats,
+                      "masked_fraction": masks.float().mean(), "teacher_temp": self.teacher_temp}
+
+    @staticmethod
+    def _heads(head, patch_head, cls, patches):
+        """(CLS logits, patch logits): one call of the shared head on both, or each through its own head."""
+        if patch_head is None:
+            out = head(torch.cat([cls, patches]))
+            return out[:len(cls)], out[len(cls):]
+        return head(cls), patch_head(patches)
+
+    def param_groups(self):
+        frozen = lambda name: (self.recipe.freeze_last_layer  # noqa: E731
+                               if name.startswith(("head.last_layer.", "patch_head.last_layer.")) else 0.0)
+        return parameter_groups(self.named_parameters(), frozen_until=frozen)
