@@ -224,3 +224,21 @@ def test_the_first_components_sign_makes_the_border_background_whichever_sign_th
     for sign in (1.0, -1.0):
         oriented, flipped = orient_to_border(sign * scores)
         assert torch.equal(oriented, scores) and flipped == (sign < 0)
+
+
+def test_patch_features_of_our_backbones_and_of_any_timm_vit_at_two_sizes():
+    from timm.models.vision_transformer import VisionTransformer
+    from ssl_lessons.backbones import ViTBackbone
+    from ssl_lessons.pca import patch_features
+    torch.manual_seed(0)
+    ours = ViTBackbone(img_size=32, patch_size=4, embed_dim=16, depth=1, num_heads=2)
+    timm_vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2, num_classes=0,
+                                 reg_tokens=2, dynamic_img_size=True)
+    images = torch.randn(3, 3, 32, 32)
+    assert patch_features(ours, images).shape == (3, 8, 8, 16)
+    assert patch_features(ours, images, size=64).shape == (3, 16, 16, 16)
+    feats = patch_features(timm_vit, images)                  # CLS and 2 registers dropped: 16 patch tokens
+    assert feats.shape == (3, 4, 4, 24)
+    expected = timm_vit.forward_features(images)[:, timm_vit.num_prefix_tokens:].reshape(3, 4, 4, 24)
+    assert torch.allclose(feats, expected)
+    assert ours.training and patch_features(ours.eval(), images).shape[0] == 3  # the module's mode is restored
