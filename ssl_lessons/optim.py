@@ -39,6 +39,29 @@ def parameter_groups(named_parameters: Iterable[tuple[str, torch.Tensor]],
     return list(groups.values())
 
 
+def vit_layer_decay(name: str, rate: float, num_blocks: int, patch_embed_multiplier: float = 1.0,
+                    prefix: str = "backbone.") -> float:
+    """DINOv2's lr multiplier of a parameter (`get_vit_lr_decay_rate`, `get_params_groups_with_decay`):
+
+        multiplier = rate ** (num_blocks + 1 - layer),
+
+    layer 0 for the embeddings (patch_embed, pos_embed, cls_token, mask_token), i + 1 for block i, num_blocks + 1
+    for everything else — the backbone's final norm and the heads, which keep the full lr. The patch embedding's
+    multiplier is further scaled by `patch_embed_multiplier` (dinov2: 0.2). timm's register tokens (`reg_token`) are
+    not among the embeddings dinov2 names, so, as there, they keep the full lr. Parameters outside `prefix` (the
+    heads) get 1."""
+    layer = num_blocks + 1
+    if name.startswith(prefix):
+        if any(key in name for key in (".pos_embed", ".patch_embed", "mask_token", ".cls_token")):
+            layer = 0
+        elif ".blocks." in name:
+            layer = int(name.split(".blocks.")[1].split(".")[0]) + 1
+    multiplier = rate ** (num_blocks + 1 - layer)
+    if name.startswith(prefix) and ".patch_embed" in name:
+        multiplier *= patch_embed_multiplier
+    return multiplier
+
+
 def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, progress: float) -> None:
     """Set every group's lr (lr x its multiplier, 0 while frozen) and weight decay for this step."""
     for group in optimizer.param_groups:

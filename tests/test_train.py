@@ -68,3 +68,23 @@ def test_gradients_are_clipped_per_parameter():
     clip_gradients(torch.nn.ParameterList([a, b]), 3.0)
     assert torch.allclose(a.grad.norm(), torch.tensor(3.0), atol=1e-4)
     assert torch.allclose(b.grad, torch.tensor([0.3, 0.4, 0.0]))  # under the limit: untouched
+
+
+def test_layer_wise_lr_decay_gives_dinov2s_multipliers_per_block():
+    from ssl_lessons.backbones import ViTBackbone
+    from ssl_lessons.optim import vit_layer_decay
+    model = torch.nn.ModuleDict({"backbone": ViTBackbone(img_size=16, patch_size=4, embed_dim=8, depth=3, num_heads=2,
+                                                         mask_token=True),
+                                 "head": torch.nn.Linear(8, 4)})
+    rate, blocks = 0.5, 3
+    multipliers = {name: vit_layer_decay(name, rate, blocks, patch_embed_multiplier=0.2)
+                   for name, _ in model.named_parameters()}
+    assert multipliers["backbone.vit.blocks.0.attn.qkv.weight"] == 0.5 ** 3      # block i: rate^(blocks - i)
+    assert multipliers["backbone.vit.blocks.2.mlp.fc1.bias"] == 0.5 ** 1
+    assert multipliers["backbone.vit.pos_embed"] == multipliers["backbone.mask_token"] == 0.5 ** 4
+    assert multipliers["backbone.vit.cls_token"] == 0.5 ** 4                    # the embeddings: layer 0
+    assert multipliers["backbone.vit.patch_embed.proj.weight"] == 0.2 * 0.5 ** 4  # and the patch embedding x 0.2
+    assert multipliers["backbone.vit.norm.weight"] == multipliers["head.weight"] == 1.0
+    groups = parameter_groups(model.named_parameters(),
+                              lr_multiplier=lambda n: vit_layer_decay(n, rate, blocks, patch_embed_multiplier=0.2))
+    assert sorted({g["lr_multiplier"] for g in groups}) == sorted({0.2 * 0.5 ** 4, 0.5 ** 4, 0.5 ** 3, 0.5 ** 2, 0.5, 1.0})
