@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -69,6 +69,5 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
     except FileNotFoundError:
         raise
     except Exception as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path} is unreadable or not a file this code wrote ({cause}); delete it (or choose "
-                              "another out_dir) to start afresh") from None
+        raise CheckpointError(f"{path} is unreadable or not a file this code wrote ({first_line(e)}); delete it "
+                              "(or choose another out_dir) to start afresh") from None

@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save
-from .errors import DataError
+from .errors import DataError, first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SSL_LESSONS_DATA_DIR", REPO_ROOT / "data"))
@@ -244,8 +244,7 @@ def _decode(data: bytes, name: str, image_size: int) -> torch.Tensor:
             raise ValueError("the file is empty")
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"could not decode image {name} ({cause}). The file is corrupt or not an image: "
+        raise DataError(f"could not decode image {name} ({first_line(e)}). The file is corrupt or not an image: "
                         "replace or delete it, then run again.") from None
     if image.shape[-2:] != (image_size, image_size):
         image = TF.center_crop(TF.resize(image, image_size, antialias=True), [image_size, image_size])
@@ -316,8 +315,7 @@ def _load_cache(path: Path) -> ImageData:
         d = torch.load(path, weights_only=True)
         return ImageData(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"], d["classes"])
     except Exception as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DataError(f"the cache {path} is unreadable ({cause}); delete it and run again to rebuild it.") from None
+        raise DataError(f"the cache {path} is unreadable ({first_line(e)}); delete it and run again to rebuild it.") from None
 
 
 def normalize(images_uint8: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:

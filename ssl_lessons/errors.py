@@ -20,3 +20,9 @@ class CheckpointError(UserError, RuntimeError):
 
 class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; the last checkpoint is intact."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (torch's weights-only and decoder errors run to many lines), for a
+    one-line message that names the cause."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

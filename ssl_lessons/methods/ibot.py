@@ -71,7 +71,7 @@ class iBOT(DINO):
     @property
     def student(self) -> nn.ModuleDict:
         parts = {"backbone": self.backbone, "head": self.head}
-        if getattr(self.recipe, "separate_heads", False) and hasattr(self, "patch_head"):
+        if hasattr(self, "patch_head"):  # separate_heads (set after DINO's constructor made the first teacher)
             parts["patch_head"] = self.patch_head
         return nn.ModuleDict(parts)
 
