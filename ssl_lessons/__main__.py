@@ -73,6 +73,17 @@ def cmd_collapse_study(args):
                       f"k-NN {result['knn_top1']:.1f} %", flush=True)
 
 
+def cmd_ablation(args):
+    from .methods.dinov2 import ablation_study
+    rows = ablation_study(args.preset)
+    print(f"\nDINOv2 ablation ({args.preset}); uniformity = mean log distance to the nearest test feature, higher = "
+          "more spread:")
+    print(f"  {'variant':16s} {'k-NN':>7s} {'linear':>7s} {'uniformity':>10s} {'minutes':>7s}")
+    for name, r in rows.items():
+        linear = f"{r['linear_top1']:.1f} %" if r["linear_top1"] is not None else "-"
+        print(f"  {name:16s} {r['knn_top1']:5.1f} % {linear:>7s} {r['uniformity']:10.3f} {r['train_minutes']:7.1f}")
+
+
 def cmd_export(args):
     from .pretrained import export_backbone
     from .train import run_dir
@@ -99,7 +110,8 @@ def main(argv=None):
 
     p = sub.add_parser("train", help="train a method, then k-NN + linear probe on the test set")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav, dino or ibot")
+    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill (from a "
+                                    "teacher in data/pretrained: --set teacher=NAME)")
     p.add_argument("--allow-change", nargs="+", metavar="KEY",
                    help="resume a checkpoint with new values of these fields (e.g. lr after a NaN); recorded in "
                         "the checkpoint and results.json")
@@ -117,9 +129,13 @@ def main(argv=None):
     p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS))
     p.add_argument("--method", default="byol", choices=["byol", "dino"])
     p.set_defaults(func=cmd_collapse_study)
+    p = sub.add_parser("ablation", help="lesson 6: DINOv2's recipe against itself without KoLeo, with EMA "
+                                        "centering, with a shared head, and with 4 registers")
+    p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS))
+    p.set_defaults(func=cmd_ablation)
     p = sub.add_parser("export", help="save a finished run's evaluated backbone in fp16 to data/pretrained/NAME.pt")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav, dino or ibot")
+    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
     p.add_argument("--name", required=True)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")

@@ -84,3 +84,23 @@ def load_pretrained_dino(name: str = "vit_small_patch16_224.dino") -> tuple[nn.M
     except Exception as e:  # network refused mid-way, no such tag in this timm version, ...
         return None, f"could not load {name}: {type(e).__name__}: {e}"
     return model, f"loaded {name} through timm"
+
+
+@torch.no_grad()
+def patch_token_norms(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, H/p, W/p): the L2 norm of each patch token in the residual stream after the last block,
+    before the final LayerNorm (which would make every norm about sqrt(D)). Darcet et al. (2024, Fig. 3) find a few
+    background tokens there with norms many times the rest in large ViTs without registers."""
+    vit = _timm_vit(model)
+    captured = []
+    hook = vit.norm.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    was_training = vit.training
+    vit.eval()
+    try:
+        vit.forward_features(images)
+    finally:
+        hook.remove()
+        vit.train(was_training)
+    patch = vit.patch_embed.patch_size
+    grid_h, grid_w = images.shape[-2] // patch[0], images.shape[-1] // patch[1]
+    return captured[0][:, vit.num_prefix_tokens:].norm(dim=-1).reshape(len(images), grid_h, grid_w)

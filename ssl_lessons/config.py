@@ -25,7 +25,7 @@ from .errors import ConfigError
 @dataclass
 class Config:
     # --- what to learn from -------------------------------------------------------------------
-    method: str = "simclr"          # simclr, byol, swav, dino (methods/__init__.py); its recipe is `recipe`
+    method: str = "simclr"          # simclr, byol, swav, dino, ibot, dinov2, distill (methods/); recipe: `recipe`
     dataset: str = "cifar10"        # "cifar10", or the path of any ImageFolder tree (train/ and test/ inside)
     data_source: str = ""           # CIFAR-10 folder or .tar.gz; empty = $SSL_LESSONS_CIFAR10, data/, or download
     image_size: int = 32            # images are cached at this size (ImageFolder trees are resized to it)
@@ -44,12 +44,15 @@ class Config:
     # --- optimisation -------------------------------------------------------------------------------
     epochs: float = 100.0           # may be fractional
     batch_size: int = 256           # global batch (split across DDP ranks)
-    lr: float = 1e-3                # AdamW peak learning rate per 256 images (scaled linearly with batch)
+    lr: float = 1e-3                # AdamW peak learning rate at the reference batch of lr_scaling
+    lr_scaling: str = "linear"      # "linear": lr * batch/256 (SimCLR ... DINO); "sqrt": lr * sqrt(batch/1024) (DINOv2)
     min_lr: float = 1e-6            # cosine end value
     warmup: float = 0.1             # fraction of training spent warming lr up linearly from 0
     weight_decay: float = 0.05      # cosine schedule from weight_decay to weight_decay_end
     weight_decay_end: float = 0.05
     clip_grad: float = 3.0          # max gradient norm per parameter tensor (0 = no clipping)
+    highres_size: int = 0           # > 0: the last highres_fraction of training uses global crops of this size
+    highres_fraction: float = 0.0   # (DINOv2's short high-resolution phase, sec. 4; 0 = none)
     # --- bookkeeping ------------------------------------------------------------------------------
     seed: int = 0
     device: str = "auto"            # auto = cuda, then mps, then cpu
@@ -78,6 +81,14 @@ PRESETS: dict[str, dict] = {
                   epochs=0.25, batch_size=64, ckpt_every=2, log_every=1,
                   knn_every=0.125, knn_bank=1024, linear_probe=True, probe_max_iter=100, eval_batch_size=256),
 }
+
+
+def peak_lr(cfg: Config) -> float:
+    """The schedule's peak lr for cfg's global batch: lr * batch/256 (the linear rule of Goyal et al., used by SimCLR,
+    BYOL, SwAV and DINO) or lr * sqrt(batch/1024) (DINOv2's `scaling_rule: sqrt_wrt_1024`)."""
+    if cfg.lr_scaling == "sqrt":
+        return cfg.lr * math.sqrt(cfg.batch_size / 1024)
+    return cfg.lr * cfg.batch_size / 256
 
 
 def require(condition: bool, message: str) -> None:
@@ -159,6 +170,18 @@ def validate(cfg: Config) -> Config:
     require(cfg.knn_every == 0 or cfg.knn_k <= cfg.knn_bank,
             f"knn_k ({cfg.knn_k}) must not exceed knn_bank ({cfg.knn_bank}), the periodic k-NN's bank")
     require(0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}")
+    require(cfg.lr_scaling in ("linear", "sqrt"), f"lr_scaling is 'linear' or 'sqrt', got {cfg.lr_scaling!r}")
+    require(0 <= cfg.highres_fraction < 1, f"highres_fraction is a fraction of training in [0, 1), got "
+                                           f"{cfg.highres_fraction}")
+    require((cfg.highres_size > 0) == (cfg.highres_fraction > 0),
+            f"a high-resolution phase needs both highres_size ({cfg.highres_size}) and highres_fraction "
+            f"({cfg.highres_fraction}) > 0 (or both 0 for none)")
+    if cfg.highres_size:
+        require(cfg.highres_size > cfg.image_size and cfg.highres_size % cfg.patch_size == 0,
+                f"highres_size {cfg.highres_size} must exceed image_size {cfg.image_size} and be a multiple of "
+                f"patch_size {cfg.patch_size}")
+        require(cfg.backbone == "vit", "the high-resolution phase resamples a ViT's position embeddings: "
+                                       "it needs backbone=vit")
     require(cfg.drop_path_rate < 1, f"drop_path_rate is a probability below 1, got {cfg.drop_path_rate}")
     require(cfg.global_pool in ("avg", "token"), f"global_pool is 'avg' or 'token', got {cfg.global_pool!r}")
     require(cfg.backbone in ("vit", "resnet18"), f"backbone is 'vit' or 'resnet18', got {cfg.backbone!r}")

@@ -62,6 +62,15 @@ class MultiCrop:
     def n_global(self) -> int:
         return len(self.global_views)
 
+    @property
+    def global_size(self) -> int:
+        return self.global_views[0].size
+
+    def set_global_size(self, size: int) -> None:
+        """Global crops of `size` px from now on (the high-resolution phase); local crops keep theirs."""
+        for view in self.global_views:
+            view.size = size
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Crops:
         global_crops = torch.cat([view(images, generator) for view in self.global_views])
         local_crops = (torch.cat([self.local_view(images, generator) for _ in range(self.n_local)])

@@ -42,6 +42,21 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 5
     return features
 
 
+class AtSize(nn.Module):
+    """A backbone that sees its (normalised) input images resized to `size` px first (bicubic), so a ViT runs on a
+    finer grid of patches of the same picture: how DINOv2's high-resolution phase is evaluated (lesson 6).
+    (B, 3, H, W) -> the backbone's (B, D)."""
+
+    def __init__(self, backbone: nn.Module, size: int):
+        super().__init__()
+        self.backbone, self.size = backbone, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False)
+        return self.backbone(x)
+
+
 def pixel_features(images: torch.Tensor) -> torch.Tensor:
     """The raw-pixel yardstick: standardised pixels, flattened. (N, 3, H, W) uint8 -> (N, 3*H*W)."""
     return normalize(images).flatten(1)

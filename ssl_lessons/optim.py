@@ -45,14 +45,14 @@ def vit_layer_decay(name: str, rate: float, num_blocks: int, patch_embed_multipl
 
         multiplier = rate ** (num_blocks + 1 - layer),
 
-    layer 0 for the embeddings (patch_embed, pos_embed, cls_token, mask_token), i + 1 for block i, num_blocks + 1
-    for everything else — the backbone's final norm and the heads, which keep the full lr. The patch embedding's
-    multiplier is further scaled by `patch_embed_multiplier` (dinov2: 0.2). timm's register tokens (`reg_token`) are
-    not among the embeddings dinov2 names, so, as there, they keep the full lr. Parameters outside `prefix` (the
-    heads) get 1."""
+    layer 0 for the embeddings (patch_embed, pos_embed, cls_token, mask_token and the register tokens, dinov2's
+    `register_tokens`, timm's `reg_token`), i + 1 for block i, num_blocks + 1 for everything else — the backbone's
+    final norm and the heads, which keep the full lr. The patch embedding's multiplier is further scaled by
+    `patch_embed_multiplier` (dinov2: 0.2). Parameters outside `prefix` (the heads) get 1."""
     layer = num_blocks + 1
     if name.startswith(prefix):
-        if any(key in name for key in (".pos_embed", ".patch_embed", "mask_token", ".cls_token")):
+        if any(key in name for key in (".pos_embed", ".patch_embed", "mask_token", ".cls_token", ".reg_token",
+                                       ".register_tokens")):
             layer = 0
         elif ".blocks." in name:
             layer = int(name.split(".blocks.")[1].split(".")[0]) + 1

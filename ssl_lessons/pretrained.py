@@ -49,10 +49,12 @@ def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, 
                               "train command's own options")
     method = build_method(cfg)
     method.load_state_dict(ckpt["method"])
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in method.eval_backbone.state_dict().items()}
+    half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
+    weights = half(method.eval_backbone.state_dict())
+    heads = half(torch.nn.ModuleDict(method.export_heads()).state_dict())
     history = json.loads((Path(out_dir) / "history.json").read_text())
     path = Path(directory) / f"{name}.pt"
-    atomic_save({"config": config_to_dict(cfg), "backbone": weights, "result": result, "evals": history["evals"],
+    atomic_save({"config": config_to_dict(cfg), "backbone": weights, "heads": heads, "result": result, "evals": history["evals"],
                  "history": history["history"], "command": train_command(cfg, out_dir=_shown(out_dir))}, path)
     return path
 
@@ -65,17 +67,52 @@ def _shown(out_dir: Path) -> str:
         return str(out_dir)
 
 
-def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn.Module, dict]:
-    """(backbone in float32 and eval mode, the saved record without the weights) for data/pretrained/<name>.pt."""
-    from .backbones import backbone_from_config
+def pretrained_path(name: str, directory: Path = PRETRAINED_DIR) -> Path:
+    """data/pretrained/<name>.pt, or `name` itself when it is the path of a .pt file."""
+    return Path(name) if str(name).endswith(".pt") else Path(directory) / f"{name}.pt"
 
-    path = Path(directory) / f"{name}.pt"
+
+def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn.Module, dict]:
+    """(backbone in float32 and eval mode, the saved record without the weights) for data/pretrained/<name>.pt
+    (or a .pt path)."""
+    backbone, _, record = load_backbone_and_heads(name, directory)
+    return backbone, record
+
+
+def load_backbone_and_heads(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn.Module, dict, dict]:
+    """(backbone, {head name: head}, record) in float32 and eval mode: an exported teacher for distillation. The
+    heads are those the run trained with the backbone (export_heads); backbones exported without them give {}."""
+    from .backbones import backbone_from_config
+    from .methods import build_method
+
+    path = pretrained_path(name, directory)
     if not path.exists():
         available = sorted(p.stem for p in Path(directory).glob("*.pt")) if Path(directory).exists() else []
         raise FileNotFoundError(f"no exported backbone {path}; available: {available or 'none'}. Make it with "
                                 "`python -m ssl_lessons train ...` and then `python -m ssl_lessons export ...` "
                                 "(see data/pretrained/README.md for the exact commands)")
     record = load_checkpoint(path)
-    backbone = backbone_from_config(config_from_dict(record["config"]), mask_token="mask_token" in record["backbone"])
-    backbone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in record["backbone"].items()})
-    return backbone.eval(), {k: v for k, v in record.items() if k != "backbone"}
+    cfg = config_from_dict(record["config"])
+    as_float = lambda state: {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
+    backbone = backbone_from_config(cfg, mask_token="mask_token" in record["backbone"])
+    backbone.load_state_dict(as_float(record["backbone"]))
+    heads = {}
+    if record.get("heads"):
+        with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
+            heads = torch.nn.ModuleDict(build_method(cfg).export_heads())
+        heads.load_state_dict(as_float(record["heads"]))
+        heads = dict(heads.eval().items())
+    return backbone.eval(), heads, {k: v for k, v in record.items() if k not in ("backbone", "heads")}
+
+
+def load_run_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, Config]:
+    """(the evaluated backbone in eval mode, the run's Config) from a training checkpoint, e.g. a run's
+    checkpoint.pt or its checkpoint-before-highres.pt."""
+    from .methods import build_method
+
+    ckpt = load_checkpoint(Path(checkpoint))
+    cfg = config_from_dict(ckpt["config"])
+    with torch.random.fork_rng(devices=[]):
+        method = build_method(cfg)
+    method.load_state_dict(ckpt["method"])
+    return method.eval_backbone.eval(), cfg

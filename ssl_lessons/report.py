@@ -7,7 +7,8 @@ from .baselines import yardstick_path
 from .config import make_config
 from .train import RUNS_DIR
 
-LESSONS = [("SimCLR", "simclr"), ("BYOL", "byol"), ("SwAV", "swav"), ("DINO", "dino"), ("iBOT", "ibot")]
+LESSONS = [("SimCLR", "simclr"), ("BYOL", "byol"), ("SwAV", "swav"), ("DINO", "dino"), ("iBOT", "ibot"),
+           ("DINOv2", "dinov2"), ("DINOv2 distilled", "distill")]
 
 
 def lesson_table(preset: str = "cifar10-laptop") -> list[dict]:

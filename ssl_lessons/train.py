@@ -2,7 +2,9 @@
 
 It owns what every run needs: the device (cuda, mps, cpu), seeds, AdamW with cosine lr and weight-decay
 schedules, per-parameter gradient clipping, bf16 autocast on CUDA, a tqdm bar, a history of loss / lr / metrics,
-periodic k-NN, atomic checkpoints with exact resume, DDP under torchrun, and the final k-NN + linear probe.
+periodic k-NN, atomic checkpoints with exact resume, DDP under torchrun, and the final k-NN + linear probe; and,
+when a config asks for it, a high-resolution phase at the end (DINOv2 sec. 4): from step highres_start on, the
+method's global crops are highres_size px (Method.set_global_size), and the checkpoint just before is kept.
 
     python -m ssl_lessons train --method simclr --preset cifar10-laptop --set epochs=8
     torchrun --nproc_per_node=2 -m ssl_lessons train --method simclr --preset cifar10-laptop
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
-from .config import Config, config_from_dict, config_to_dict, flat_config
+from .config import Config, config_from_dict, config_to_dict, flat_config, peak_lr
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .evaluation import evaluate, extract_features, knn_top1
@@ -117,7 +119,7 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     elif rank == 0:
         (out_dir / "results.json").unlink(missing_ok=True)  # a fresh run: no stale result may stand for it
 
-    def save_checkpoint():
+    def save_checkpoint(path=ckpt_path):
         """Collective: every rank takes its part (a sharded model's state_dict needs them all); rank 0 writes."""
         distributed.broadcast_buffers(method)
         rank_states = distributed.all_gather_objects(
@@ -126,13 +128,14 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                  "step": step, "history": history, "evals": evals, "train_seconds": train_seconds,
                  "rank_states": rank_states, "config_changes": changes}
         if rank == 0:
-            atomic_save(state, ckpt_path)
+            atomic_save(state, path)
         distributed.barrier()
 
     train_images = data.train_images.to(device)
     sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
-    peak_lr = cfg.lr * cfg.batch_size / 256
+    top_lr = peak_lr(cfg)
+    highres_start = highres_start_step(cfg, total_steps)
     knn_every_steps = round(cfg.knn_every * steps_per_epoch) if cfg.knn_every else 0
     bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.method} {cfg.preset}", unit="step",
                disable=not show_progress or rank != 0, mininterval=1.0)
@@ -143,6 +146,8 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
         bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']})")
 
     ckpt_step = step
+    if highres_start is not None and step > highres_start:
+        method.set_global_size(cfg.highres_size)  # resumed inside the high-resolution phase
     if knn_every_steps and step == 0:
         record_knn()  # the starting point: the randomly initialised backbone
     model.train()
@@ -153,12 +158,14 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
         for b in range(offset, steps_per_epoch):
             tic = time.perf_counter()
             progress = step / total_steps
-            lr = cosine_schedule(progress, peak_lr, cfg.min_lr, warmup=cfg.warmup)
+            lr = cosine_schedule(progress, top_lr, cfg.min_lr, warmup=cfg.warmup)
             wd = cosine_schedule(progress, cfg.weight_decay, cfg.weight_decay_end)
             apply_schedules(optimizer, lr, wd, progress)
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
             save_now = (step + 1) % cfg.ckpt_every == 0 or step + 1 in (total_steps, stop_after)
 
+            if step == highres_start:
+                method.set_global_size(cfg.highres_size)   # the high-resolution phase begins
             method.before_step(progress)
             images = train_images[order[b * local_batch:(b + 1) * local_batch].to(device)]
             crops = method.make_views(images, generator)
@@ -186,11 +193,13 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                 history.append({"step": step, "epoch": step / steps_per_epoch, "loss": values[0], "lr": lr,
                                 "weight_decay": wd, **dict(zip(logs, values[1:]))})
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", lr=f"{lr:.1e}", refresh=False)
-            if knn_every_steps and (step % knn_every_steps == 0 or step == total_steps):
+            if knn_every_steps and (step % knn_every_steps == 0 or step == total_steps or step == highres_start):
                 record_knn()
             if save_now:
                 save_checkpoint()
                 ckpt_step = step
+            if step == highres_start:  # the backbone as it was before the phase, for the before/after comparison
+                save_checkpoint(out_dir / "checkpoint-before-highres.pt")
             bar.update()
             if step >= total_steps or step == stop_after:
                 break
@@ -202,6 +211,13 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                          changes)
     distributed.barrier()
     return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method}
+
+
+def highres_start_step(cfg: Config, total_steps: int) -> int | None:
+    """The first step of the high-resolution phase (the last cfg.highres_fraction of the steps), or None."""
+    if not cfg.highres_size:
+        return None
+    return min(total_steps - 1, round(total_steps * (1 - cfg.highres_fraction)))
 
 
 def periodic_knn(backbone: nn.Module, data, cfg: Config, device) -> float:

@@ -1,7 +1,8 @@
 """Run by test_ddp.py under `torchrun --nproc_per_node=2 ddp_worker.py OUT MODE`. Each rank saves what it ends with
-to OUT/rank<r>.pt. MODE is a method name (a few smoke steps of training; SwAV with its queue on), "swav-resume"
-(SwAV with a queue, stopped after 2 steps and resumed, beside an uninterrupted run) or "sinkhorn" (codes of this
-rank's rows of one global score matrix, the ranks holding different numbers of rows)."""
+to OUT/rank<r>.pt. MODE is a method name (a few smoke steps of training; SwAV with its queue on), "<method>-resume"
+(stopped after 2 steps and resumed, beside an uninterrupted run), "sinkhorn" (codes of this rank's rows of one
+global score matrix, the ranks holding different numbers of rows) or "sinkhorn-patches" (DINOv2's patch targets
+from uneven numbers of masked tokens)."""
 import sys
 from pathlib import Path
 
@@ -23,6 +24,10 @@ mode = sys.argv[2] if len(sys.argv) > 2 else "simclr"
 def smoke(method, name, **extra):
     overrides = {"method": method, "out_dir": str(out / name), "knn_every": 0.0, "linear_probe": False,
                  "knn_bank": 256, "epochs": 1.0, "batch_size": 64, **extra}
+    if method == "distill":  # the committed teacher (patch size 4, as the smoke student here)
+        overrides.update(patch_size=4)
+    if method == "dinov2":  # the high-resolution phase in the last quarter (the last step of 4)
+        overrides.update(highres_size=48, highres_fraction=0.25)
     if method == "swav":  # a queue of 128 rows in all: 64 a rank, two local batches; in use from the third step on
         overrides.update(queue_length=128, queue_start=0.0)
     return make_config("smoke", overrides)
@@ -40,8 +45,20 @@ if mode == "sinkhorn":
     dist.destroy_process_group()
     sys.exit(0)
 
+if mode == "sinkhorn-patches":
+    from ssl_lessons.distributed import setup
+    from ssl_lessons.losses.ibot import iBOTPatchLoss
+    setup()
+    rank = dist.get_rank()
+    scores = torch.load(out / "scores.pt")
+    rows = scores[:6] if rank == 0 else scores[6:]  # masked tokens: 6 here, 10 there; their count is all-reduced
+    targets = iBOTPatchLoss(scores.shape[1], centering="sinkhorn_knopp").targets(rows, teacher_temp=0.05)
+    torch.save({"codes": targets}, out / f"rank{rank}.pt")
+    dist.destroy_process_group()
+    sys.exit(0)
+
 data = make_tiny_data()
-method = "swav" if mode == "swav-resume" else mode
+method = mode.removesuffix("-resume")
 cfg = smoke(method, "run")
 torch.manual_seed(cfg.seed)  # train() starts from this seed: the initial weights
 initial = build_method(cfg).state_dict()
@@ -50,8 +67,8 @@ rank = dist.get_rank()
 saved = {"state": run["method"].state_dict(), "losses": [h["loss"] for h in run["history"]],
          "world": dist.get_world_size(), "rank_state": run["method"].rank_state(), "result": run["result"],
          "initial": initial}
-if mode == "swav-resume":
-    cfg = smoke("swav", "split")
+if mode.endswith("-resume"):
+    cfg = smoke(method, "split")
     first = train(cfg, data=data, stop_after=2, show_progress=False)
     assert first["result"] is None
     resumed = train(cfg, data=data, show_progress=False)

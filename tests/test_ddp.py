@@ -19,7 +19,7 @@ def run_two_processes(tmp_path, mode):
     return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "swav", "dino", "ibot"])
+@pytest.mark.parametrize("method", ["simclr", "byol", "swav", "dino", "ibot", "dinov2", "distill"])
 def test_two_process_training_keeps_weights_identical_and_evaluates_on_every_rank(tmp_path, method):
     r0, r1 = run_two_processes(tmp_path, method)
     assert r0["world"] == r1["world"] == 2 and len(r0["losses"]) == 4
@@ -70,6 +70,28 @@ def test_two_process_sinkhorn_equals_one_process_on_the_whole_batch(tmp_path):
     r0, r1 = run_two_processes(tmp_path, "sinkhorn")
     together = torch.cat([r0["codes"], r1["codes"]])  # 6 + 10 rows: unequal counts on the two ranks
     assert torch.allclose(together, sinkhorn_knopp(scores, epsilon=0.05, iters=3), atol=1e-6)
+
+
+def test_two_process_dinov2_patch_codes_equal_one_process_on_all_masked_tokens(tmp_path):
+    from ssl_lessons.losses.dino import sinkhorn_targets
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(16, 5, generator=g) * 2 - 1
+    scores[6:, 0] += 0.5
+    torch.save(scores, tmp_path / "scores.pt")
+    r0, r1 = run_two_processes(tmp_path, "sinkhorn-patches")
+    together = torch.cat([r0["codes"], r1["codes"]])  # 6 + 10 masked tokens
+    assert torch.allclose(together, sinkhorn_targets(scores, 0.05), atol=1e-6)
+    assert torch.allclose(together.sum(dim=1), torch.ones(16), atol=1e-5)
+
+
+def test_two_process_dinov2_resumes_exactly_through_the_high_resolution_phase(tmp_path):
+    r0, r1 = run_two_processes(tmp_path, "dinov2-resume")
+    for r in (r0, r1):
+        assert r["resumed_losses"] == r["losses"]
+        for name, tensor in r["state"].items():
+            assert torch.equal(tensor, r["resumed_state"][name]), name
+    assert torch.equal(r0["state"]["patch_head.last_layer.parametrizations.weight.original1"],
+                       r1["state"]["patch_head.last_layer.parametrizations.weight.original1"])
 
 
 def test_two_process_dino_center_is_the_all_reduced_mean(tmp_path):

@@ -74,7 +74,7 @@ def test_layer_wise_lr_decay_gives_dinov2s_multipliers_per_block():
     from ssl_lessons.backbones import ViTBackbone
     from ssl_lessons.optim import vit_layer_decay
     model = torch.nn.ModuleDict({"backbone": ViTBackbone(img_size=16, patch_size=4, embed_dim=8, depth=3, num_heads=2,
-                                                         mask_token=True),
+                                                         register_tokens=2, mask_token=True),
                                  "head": torch.nn.Linear(8, 4)})
     rate, blocks = 0.5, 3
     multipliers = {name: vit_layer_decay(name, rate, blocks, patch_embed_multiplier=0.2)
@@ -82,7 +82,7 @@ def test_layer_wise_lr_decay_gives_dinov2s_multipliers_per_block():
     assert multipliers["backbone.vit.blocks.0.attn.qkv.weight"] == 0.5 ** 3      # block i: rate^(blocks - i)
     assert multipliers["backbone.vit.blocks.2.mlp.fc1.bias"] == 0.5 ** 1
     assert multipliers["backbone.vit.pos_embed"] == multipliers["backbone.mask_token"] == 0.5 ** 4
-    assert multipliers["backbone.vit.cls_token"] == 0.5 ** 4                    # the embeddings: layer 0
+    assert multipliers["backbone.vit.cls_token"] == multipliers["backbone.vit.reg_token"] == 0.5 ** 4  # layer 0
     assert multipliers["backbone.vit.patch_embed.proj.weight"] == 0.2 * 0.5 ** 4  # and the patch embedding x 0.2
     assert multipliers["backbone.vit.norm.weight"] == multipliers["head.weight"] == 1.0
     groups = parameter_groups(model.named_parameters(),

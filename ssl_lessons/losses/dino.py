@@ -14,6 +14,13 @@ tau_s = 0.1. The center c is an EMA of the teacher's raw outputs, updated *after
 
 Centering alone pushes P_t towards uniform, sharpening alone towards one-hot; together they balance (sec. 5.3).
 Since cross-entropy = entropy + KL, the loss splits into H(P_t) + KL(P_t || P_s): the two curves of Fig. 7.
+
+DINOv2 (Oquab et al. 2024, sec. 4; dinov2's `sinkhorn_knopp_teacher`) replaces the EMA center by **Sinkhorn-Knopp**
+centering: the targets of the whole global batch (both global crops, all ranks) are the balanced codes of SwAV,
+
+    P_t = SK(exp(g_t / tau_t)),   3 iterations: every prototype gets the same total mass, every target sums to 1,
+
+computed afresh for every batch, with no state (sinkhorn.py; `centering="sinkhorn_knopp"`).
 """
 from __future__ import annotations
 
@@ -22,6 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributed import all_reduce_sum, world_size
+from ..sinkhorn import sinkhorn_knopp
+
+CENTERINGS = ("ema", "sinkhorn_knopp", "none")  # DINO's EMA center, DINOv2's Sinkhorn-Knopp, or nothing (lesson 4)
 
 
 def teacher_targets(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -44,13 +54,34 @@ def cross_view_cross_entropy(student_out: list[torch.Tensor], targets: list[torc
     return total / pairs
 
 
-class DINOLoss(nn.Module):
-    """The loss with its state: the center c, a (1, K) buffer (saved in checkpoints)."""
+def sinkhorn_targets(teacher_out: torch.Tensor, teacher_temp: float, iterations: int = 3,
+                     n_samples: int | None = None) -> torch.Tensor:
+    """(N, K) teacher logits -> (N, K) Sinkhorn-Knopp codes with epsilon = tau_t (dinov2's sinkhorn_knopp_teacher):
+    rows sum to 1, columns to n_samples / K over the global batch (n_samples: all rows of every rank)."""
+    return sinkhorn_knopp(teacher_out.detach().float(), epsilon=teacher_temp, iters=iterations, n_samples=n_samples)
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9, centering: bool = True):
+
+class DINOLoss(nn.Module):
+    """The loss with its state: the center c, a (1, K) buffer (saved in checkpoints; unused by Sinkhorn-Knopp).
+
+    centering: "ema" (DINO), "sinkhorn_knopp" (DINOv2) or "none" (the collapse study); True/False mean "ema"/"none"."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: bool | str = "ema", sinkhorn_iterations: int = 3):
         super().__init__()
+        centering = {True: "ema", False: "none"}.get(centering, centering)
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering is one of {CENTERINGS}, got {centering!r}")
         self.student_temp, self.center_momentum, self.centering = student_temp, center_momentum, centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def targets(self, teacher_out: list[torch.Tensor], teacher_temp: float) -> list[torch.Tensor]:
+        """G x (B, K) teacher logits -> G x (B, K) target distributions, by this loss's centering."""
+        if self.centering == "sinkhorn_knopp":  # one balanced assignment over every global crop of the batch
+            return list(sinkhorn_targets(torch.cat(teacher_out), teacher_temp, self.sinkhorn_iterations)
+                        .chunk(len(teacher_out)))
+        return [teacher_targets(t, self.center, teacher_temp) for t in teacher_out]
 
     def forward(self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float,
                 with_stats: bool = True) -> tuple[torch.Tensor, dict]:
@@ -58,7 +89,7 @@ class DINOLoss(nn.Module):
         with_stats, {"teacher_entropy": H(P_t), "kl": KL(P_t || P_s)} as scalar tensors, averaged like the loss."""
         student_out = [s.float() for s in student_out]
         teacher_out = [t.float() for t in teacher_out]
-        targets = [teacher_targets(t, self.center, teacher_temp) for t in teacher_out]
+        targets = self.targets(teacher_out, teacher_temp)
         loss = cross_view_cross_entropy(student_out, targets, self.student_temp)
         stats = {}
         if with_stats:
@@ -72,7 +103,7 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
         """c <- m c + (1 - m) mean(teacher_out), the mean over the global batch of every rank."""
-        if not self.centering:
+        if self.centering != "ema":
             return
         batch_sum = all_reduce_sum(teacher_out.detach().float().sum(dim=0, keepdim=True))
         batch_mean = batch_sum / (len(teacher_out) * world_size())

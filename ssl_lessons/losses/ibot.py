@@ -16,6 +16,9 @@ student and teacher heads run on the M = sum_b |M_b| masked tokens (dinov2's mem
 
 The center is the mean over every masked teacher token of the global batch (sums and counts all-reduced over DDP
 ranks; dinov2 averages the per-rank means instead, which is the same when every rank masks as many patches).
+DINOv2 centres with Sinkhorn-Knopp instead (`centering="sinkhorn_knopp"`): the codes of all masked teacher tokens of
+the global batch, whose count differs between ranks, so it is all-reduced and passed in (dinov2's
+`n_masked_patches_tensor`).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributed import all_reduce_sum
-from .dino import teacher_targets
+from .dino import CENTERINGS, sinkhorn_targets, teacher_targets
 
 
 def masked_token_weights(masks: torch.Tensor) -> torch.Tensor:
@@ -44,23 +47,36 @@ def masked_patch_cross_entropy(student_logits: torch.Tensor, targets: torch.Tens
 class iBOTPatchLoss(nn.Module):
     """The patch loss with its state: the patch center c_p, a (1, K) buffer (saved in checkpoints)."""
 
-    def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(self, patch_out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema", sinkhorn_iterations: int = 3):
         super().__init__()
-        self.student_temp, self.center_momentum = student_temp, center_momentum
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering is one of {CENTERINGS}, got {centering!r}")
+        self.student_temp, self.center_momentum, self.centering = student_temp, center_momentum, centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, patch_out_dim))
+
+    def targets(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """(M, K) masked teacher logits -> (M, K) targets, by this loss's centering."""
+        if self.centering == "sinkhorn_knopp":
+            n_masked = int(all_reduce_sum(teacher_logits.new_tensor(float(len(teacher_logits)))).item())
+            return sinkhorn_targets(teacher_logits, teacher_temp, self.sinkhorn_iterations, n_samples=n_masked)
+        return teacher_targets(teacher_logits.float(), self.center, teacher_temp)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, masks: torch.Tensor,
                 teacher_temp: float) -> torch.Tensor:
         """student_logits, teacher_logits: (M, K) at the masked positions of masks (B, N). Updates the center
         after computing the targets (eq. 4 of DINO, for patches)."""
-        targets = teacher_targets(teacher_logits.float(), self.center, teacher_temp)
+        targets = self.targets(teacher_logits, teacher_temp)
         loss = masked_patch_cross_entropy(student_logits.float(), targets, masks, self.student_temp)
         self.update_center(teacher_logits)
         return loss
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """c_p <- m c_p + (1 - m) * the mean of the masked teacher logits over the global batch."""
+        """c_p <- m c_p + (1 - m) * the mean of the masked teacher logits over the global batch (EMA centering)."""
+        if self.centering != "ema":
+            return
         total = all_reduce_sum(torch.cat([teacher_logits.detach().float().sum(dim=0),
                                           teacher_logits.new_tensor([len(teacher_logits)], dtype=torch.float32)]))
         batch_mean = total[None, :-1] / total[-1].clamp(min=1)

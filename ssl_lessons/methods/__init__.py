@@ -5,11 +5,13 @@ from ..backbones import backbone_from_config
 from .base import Method
 from .byol import BYOL
 from .dino import DINO
+from .dinov2 import DINOv2
+from .distill import Distill
 from .ibot import iBOT
 from .simclr import SimCLR
 from .swav import SwAV
 
-METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV, "dino": DINO, "ibot": iBOT}
+METHODS = {"simclr": SimCLR, "byol": BYOL, "swav": SwAV, "dino": DINO, "ibot": iBOT, "dinov2": DINOv2, "distill": Distill}
 
 
 def build_method(cfg) -> Method:
@@ -19,4 +21,4 @@ def build_method(cfg) -> Method:
     return cls.from_config(cfg, backbone_from_config(cfg, mask_token=cls.uses_patch_masks))
 
 
-__all__ = ["BYOL", "DINO", "METHODS", "Method", "SimCLR", "SwAV", "build_method", "iBOT"]
+__all__ = ["BYOL", "DINO", "DINOv2", "Distill", "METHODS", "Method", "SimCLR", "SwAV", "build_method", "iBOT"]

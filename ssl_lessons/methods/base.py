@@ -8,6 +8,7 @@ A method is an nn.Module that owns its networks, its views and its loss, and dec
 
 The loop calls, every step:
 
+    method.set_global_size(size)                          # only when a run's high-resolution phase begins
     method.before_step(progress)                          # e.g. set this step's teacher temperature
     crops = method.make_views(images_uint8, generator)    # a crops.Crops: global and local crops, patch masks
     loss, logs = model(crops, diagnostics=log_now)        # model = method, or DDP(method); logs only if asked
@@ -44,6 +45,11 @@ class Method(nn.Module):
         """(B, 3, H, W) uint8 -> this method's crops of the batch."""
         return self.crops(images, generator)
 
+    def set_global_size(self, size: int) -> None:
+        """Make the global crops `size` px from now on (the loop's high-resolution phase, DINOv2 sec. 4); a ViT
+        resamples its position embeddings to the new grid of patches on the fly (timm's dynamic_img_size)."""
+        self.crops.set_global_size(size)
+
     def forward(self, crops: Crops, diagnostics: bool = False) -> tuple[torch.Tensor, dict]:
         """The loss of a batch, and {name: scalar tensor} diagnostics; these cost time (syncs, SVDs), so they are
         computed only when `diagnostics` is True (the steps whose logs are kept)."""
@@ -78,3 +84,8 @@ class Method(nn.Module):
     def eval_backbone(self) -> nn.Module:
         """The network whose features are evaluated (the student's backbone unless a method says otherwise)."""
         return self.backbone
+
+    def export_heads(self) -> dict[str, nn.Module]:
+        """The heads that belong with eval_backbone, exported beside it (pretrained.py) so that it can teach a
+        student (methods/distill.py): {"head": ..., "patch_head": ...}; none unless a method says otherwise."""
+        return {}

@@ -81,12 +81,18 @@ class DINO(Method):
         self.head = DINOHead(backbone.embed_dim, recipe.out_dim, recipe.hidden_dim, recipe.bottleneck_dim,
                              recipe.norm_last_layer)
         self.teacher = make_teacher(self.student)
-        self.loss = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum, recipe.centering)
+        self.loss = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum,
+                             self.centering_mode if recipe.centering else "none")
         self.crops = recipe.multicrop(image_size, [dict(jitter=BYOL_JITTER), dict(jitter=BYOL_JITTER, solarize_p=0.2)],
                                       jitter=BYOL_JITTER)
         self.teacher_temp_schedule = dict(start=recipe.teacher_temp_start, end=recipe.teacher_temp,
                                           warmup=recipe.teacher_temp_warmup)
         self.teacher_temp = teacher_temperature(0.0, **self.teacher_temp_schedule)
+
+    @property
+    def centering_mode(self) -> str:
+        """How the teacher's outputs are centred (losses/dino.py): DINO's EMA center; DINOv2 may say otherwise."""
+        return "ema"
 
     @property
     def student(self) -> nn.ModuleDict:
@@ -116,6 +122,10 @@ class DINO(Method):
     @property
     def eval_backbone(self) -> nn.Module:
         return self.teacher.backbone
+
+    def export_heads(self) -> dict[str, nn.Module]:
+        """The teacher's head(s): the ones that go with the evaluated backbone (iBOT's shared head serves patches too)."""
+        return {name: module for name, module in self.teacher.items() if name != "backbone"}
 
 
 # The collapse study of lesson 4 (the paper's Fig. 7): the same short run without centering, without sharpening

@@ -64,9 +64,16 @@ class iBOT(DINO):
             self.patch_head = DINOHead(backbone.embed_dim, patch_out_dim, recipe.hidden_dim, recipe.bottleneck_dim,
                                        recipe.norm_last_layer)
             self.teacher = make_teacher(self.student)  # DINO's teacher had no patch head
-        self.patch_loss = iBOTPatchLoss(patch_out_dim, recipe.student_temp, recipe.center_momentum)
-        grid = image_size // backbone.patch_size
-        self.masker = BatchMasker((grid, grid), recipe.mask_probability, recipe.mask_ratio_min, recipe.mask_ratio_max)
+        self.patch_loss = iBOTPatchLoss(patch_out_dim, recipe.student_temp, recipe.center_momentum,
+                                        self.centering_mode)
+        self.set_global_size(image_size)
+
+    def set_global_size(self, size: int) -> None:
+        """Global crops of `size` px, and masks for their grid of patches."""
+        super().set_global_size(size)
+        grid = size // self.backbone.patch_size
+        self.masker = BatchMasker((grid, grid), self.recipe.mask_probability, self.recipe.mask_ratio_min,
+                                  self.recipe.mask_ratio_max)
 
     @property
     def student(self) -> nn.ModuleDict:
@@ -81,8 +88,18 @@ class iBOT(DINO):
         return crops
 
     def forward(self, crops, diagnostics=False):
+        terms, stats = self.loss_terms(crops, diagnostics)
+        loss = sum(terms.values())
+        if not diagnostics:
+            return loss, {}
+        return loss, {**{name: term.detach() for name, term in terms.items()}, **stats}
+
+    def loss_terms(self, crops, diagnostics=False) -> tuple[dict, dict]:
+        """{"cls_loss": ..., "patch_loss": λ * ...} (their sum is the loss), and the diagnostics if asked for.
+        DINOv2 adds its own terms to these (methods/dinov2.py)."""
         masks = crops.masks
         tokens = self.backbone.forward_tokens(crops.by_size(), [masks] + [None] * (len(crops.by_size()) - 1))
+        self.student_tokens = tokens                                                # for the terms a subclass adds
         cls = torch.cat([t["pooled"] for t in tokens])                              # (V*B, D)
         masked_patches = tokens[0]["patch"][masks]                                  # (M, D)
         with torch.no_grad():
@@ -96,11 +113,10 @@ class iBOT(DINO):
         cls_loss, stats = self.loss(list(student_cls_out.chunk(crops.n_views)), list(teacher_cls_out.chunk(crops.n_global)),
                                     self.teacher_temp, with_stats=diagnostics)
         patch_loss = self.patch_loss(student_patch_out, teacher_patch_out, masks, self.teacher_temp)
-        loss = cls_loss + self.recipe.patch_loss_weight * patch_loss
-        if not diagnostics:
-            return loss, {}
-        return loss, {"cls_loss": cls_loss.detach(), "patch_loss": patch_loss.detach(), **stats,
-                      "masked_fraction": masks.float().mean(), "teacher_temp": self.teacher_temp}
+        terms = {"cls_loss": cls_loss, "patch_loss": self.recipe.patch_loss_weight * patch_loss}
+        if diagnostics:
+            stats = {**stats, "masked_fraction": masks.float().mean(), "teacher_temp": self.teacher_temp}
+        return terms, stats
 
     @staticmethod
     def _heads(head, patch_head, cls, patches):
@@ -110,7 +126,9 @@ class iBOT(DINO):
             return out[:len(cls)], out[len(cls):]
         return head(cls), patch_head(patches)
 
+    def frozen_until(self, name: str) -> float:
+        """Both heads' last layers are frozen for the first freeze_last_layer of training (DINO's rule)."""
+        return self.recipe.freeze_last_layer if name.startswith(("head.last_layer.", "patch_head.last_layer.")) else 0.0
+
     def param_groups(self):
-        frozen = lambda name: (self.recipe.freeze_last_layer  # noqa: E731
-                               if name.startswith(("head.last_layer.", "patch_head.last_layer.")) else 0.0)
-        return parameter_groups(self.named_parameters(), frozen_until=frozen)
+        return parameter_groups(self.named_parameters(), frozen_until=self.frozen_until)

@@ -1,0 +1,161 @@
+"""DINOv2 (Oquab et al. 2024, sec. 4; facebookresearch/dinov2 `ssl_meta_arch.py`): iBOT's two losses with the
+recipe that made them scale. Everything of iBOT stays (methods/ibot.py: multi-crop, block-wise masks, an EMA
+teacher, a CLS loss and a masked-patch loss); what DINOv2 changes, each a field of the Recipe below:
+
+- **two heads**: the CLS tokens go through a DINO head, the masked patch tokens through an iBOT head of their own
+  (`separate_heads`, dinov2's `ibot.separate_head: true`); iBOT's shared head stays a switch;
+- **Sinkhorn-Knopp centering** of the teacher (`sinkhorn_centering`; dinov2's `train.centering: sinkhorn_knopp`):
+  the teacher's CLS outputs of both global crops, and its masked patch outputs, each become the balanced codes of
+  SwAV (3 iterations, epsilon = the teacher temperature; sinkhorn.py, the one implementation), instead of
+  softmax((g - c) / tau) with an EMA center c. False: DINO's EMA centering;
+- **KoLeo** on the student's backbone CLS tokens of each global crop (losses/koleo.py), weight 0.1:
+
+      L = L_DINO(CLS) + λ_iBOT · L_iBOT(masked patches) + 0.1 · sum_{global crops g} L_KoLeo(CLS_g);
+
+- **LayerScale** (1e-5) in every block, optional **register tokens**, **stochastic depth**: timm's ViT (Config
+  fields layerscale_init, register_tokens, drop_path_rate; the teacher runs without drop path);
+- **optimisation**: lr for batch 1024 scaled by sqrt(batch / 1024), layer-wise lr decay 0.9 with the patch
+  embedding at x0.2 (optim.vit_layer_decay), teacher momentum 0.992 -> 1, weight decay 0.04 -> 0.4;
+- an optional **high-resolution phase** at the end of training (Config highres_size, highres_fraction; train.py).
+
+dinov2's values are the defaults here, each with its source beside it; the laptop preset changes what a 15-minute
+CPU run needs (README, lesson 6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import require
+from ..losses.koleo import KoLeoLoss
+from ..optim import parameter_groups, vit_layer_decay
+from .ibot import iBOT, iBOTRecipe
+
+
+@dataclass
+class DINOv2Recipe(iBOTRecipe):
+    # ssl_default_config.yaml unless said otherwise
+    n_local_crops: int = 8              # crops.local_crops_number
+    global_scale_min: float = 0.32      # crops.global_crops_scale (0.32, 1)
+    local_scale_min: float = 0.05       # crops.local_crops_scale (0.05, 0.32)
+    separate_heads: bool = True         # ibot.separate_head (true in the released ViT-L/g configs)
+    sinkhorn_centering: bool = True     # train.centering: sinkhorn_knopp (the released configs); False = EMA center
+    sinkhorn_iterations: int = 3        # sinkhorn_knopp_teacher's n_iterations
+    koleo_loss_weight: float = 0.1      # dino.koleo_loss_weight
+    layer_decay: float = 0.9            # optim.layerwise_decay (1.0 = none)
+    patch_embed_lr_mult: float = 0.2    # optim.patch_embed_lr_mult
+    teacher_momentum: float = 0.992     # teacher.momentum_teacher (-> final_momentum_teacher 1.0)
+    freeze_last_layer: float = 0.01     # optim.freeze_last_layer_epochs: 1 of 100
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        require(self.sinkhorn_iterations >= 1, f"sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
+        require(self.koleo_loss_weight >= 0, f"koleo_loss_weight must be >= 0, got {self.koleo_loss_weight}")
+        require(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        require(self.patch_embed_lr_mult > 0, f"patch_embed_lr_mult must be positive, got {self.patch_embed_lr_mult}")
+
+
+class DINOv2(iBOT):
+    Recipe = DINOv2Recipe
+    DEFAULTS = dict(
+        global_pool="token",
+        lr=0.004, lr_scaling="sqrt",        # optim.base_lr for batch 1024, scaling_rule: sqrt_wrt_1024
+        min_lr=1e-6, warmup=0.1,            # optim.min_lr; warmup_epochs 10 of 100
+        weight_decay=0.04, weight_decay_end=0.4,  # optim.weight_decay(_end) (ViT-L/14: 0.2)
+        clip_grad=3.0,                      # optim.clip_grad
+        layerscale_init=1e-5,               # student.layerscale
+        drop_path_rate=0.3,                 # student.drop_path_rate (ViT-L/14: 0.4)
+    )
+    PRESETS = {
+        # A 4-block ViT trained for one epoch: no stochastic depth (it slows a short run; DINOv2 uses it on 24-40
+        # blocks), DINO's laptop head and teacher temperature, 4 local crops as lessons 3-5, and the last 10 % of
+        # the steps at 48 px (the high-resolution phase; 64 px costs 5x a 32-px step here, 48 px about 2x).
+        "cifar10-laptop": dict(out_dim=4096, hidden_dim=1024, freeze_last_layer=0.05, teacher_temp=0.04,
+                               epochs=1.0, n_local_crops=4, drop_path_rate=0.0, highres_size=48,
+                               highres_fraction=0.1),
+        "smoke": dict(n_local_crops=2, out_dim=64, hidden_dim=64, bottleneck_dim=32, drop_path_rate=0.0,
+                      highres_size=48, highres_fraction=0.25),
+    }
+
+    def __init__(self, backbone, recipe: DINOv2Recipe = DINOv2Recipe(), image_size: int = 32):
+        super().__init__(backbone, recipe, image_size)
+        self.koleo = KoLeoLoss()
+
+    @property
+    def centering_mode(self) -> str:
+        return "sinkhorn_knopp" if self.recipe.sinkhorn_centering else "ema"
+
+    def loss_terms(self, crops, diagnostics=False):
+        terms, stats = super().loss_terms(crops, diagnostics)
+        if self.recipe.koleo_loss_weight:
+            cls = self.student_tokens[0]["cls"].chunk(crops.n_global)     # G x (B, D): backbone CLS, masked crops
+            terms["koleo_loss"] = self.recipe.koleo_loss_weight * sum(self.koleo(c) for c in cls)
+        return terms, stats
+
+    def lr_multiplier(self, name: str) -> float:
+        """Layer-wise lr decay over the student backbone's blocks, the patch embedding lower still (dinov2's
+        get_params_groups_with_decay); the heads keep the full lr."""
+        return vit_layer_decay(name, self.recipe.layer_decay, len(self.backbone.vit.blocks),
+                               self.recipe.patch_embed_lr_mult)
+
+    def param_groups(self):
+        return parameter_groups(self.named_parameters(), lr_multiplier=self.lr_multiplier,
+                                frozen_until=self.frozen_until)
+
+
+# The ablation of lesson 6, in the spirit of the paper's Table 1: the full recipe against one change at a time,
+# and the registers of Darcet et al. (2024) added.
+ABLATION_VARIANTS = {
+    "full DINOv2": {},
+    "no KoLeo": {"koleo_loss_weight": 0.0},
+    "EMA centering": {"sinkhorn_centering": False},
+    "shared head": {"separate_heads": False},
+    "4 registers": {"register_tokens": 4},
+}
+ABLATION_EPOCHS = {"cifar10-laptop": 0.4}
+
+
+def ablation_configs(preset: str) -> dict:
+    """{variant name: Config} for the DINOv2 ablation at `preset`, each with its own run folder (no high-resolution
+    phase: it compares the recipe's parts at one resolution)."""
+    from ..config import variant_configs
+
+    common = {"highres_size": 0, "highres_fraction": 0.0}
+    if preset in ABLATION_EPOCHS:
+        common.update(epochs=ABLATION_EPOCHS[preset])
+    return variant_configs(preset, "dinov2", ABLATION_VARIANTS, **common)
+
+
+def feature_uniformity(features: torch.Tensor, chunk: int = 2048) -> float:
+    """KoLeo's own measure of spread, for evaluation: the mean log distance of each L2-normalised feature to its
+    nearest neighbour among the others, (n, D) -> a number; higher = more uniformly spread (it is -L_KoLeo without
+    eps). Computed in chunks, so 10,000 test features take a few 100 MB at most."""
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    logs = []
+    for start in range(0, len(x), chunk):
+        dots = x[start:start + chunk] @ x.T                                   # (c, n)
+        dots[torch.arange(len(dots)), torch.arange(start, start + len(dots))] = -2.0
+        nearest = dots.max(dim=1).values.clamp(max=1.0)
+        logs.append(0.5 * torch.log((2 - 2 * nearest).clamp_min(1e-12)))    # ||x - y|| = sqrt(2 - 2 x.y)
+    return torch.cat(logs).mean().item()
+
+
+def ablation_study(preset: str = "cifar10-laptop", show_progress: bool = True) -> dict[str, dict]:
+    """Train (or resume, or read back) every ablation variant; {variant: {"knn_top1", "linear_top1", "uniformity",
+    "train_minutes"}}, the uniformity measured on the test images' features of the evaluated backbone."""
+    from ..data import load_dataset
+    from ..evaluation import extract_features
+    from ..train import pick_device, train
+
+    rows = {}
+    for name, cfg in ablation_configs(preset).items():
+        run = train(cfg, show_progress=show_progress)
+        result = run["result"]
+        data = load_dataset(cfg)
+        features = extract_features(run["method"].eval_backbone, data.test_images, cfg.eval_batch_size,
+                                    pick_device(cfg.device), desc="uniformity")
+        rows[name] = {"knn_top1": result["knn_top1"], "linear_top1": result.get("linear_top1"),
+                      "uniformity": feature_uniformity(features), "train_minutes": result["train_minutes"],
+                      "out_dir": str(run["out_dir"])}
+    return rows
