@@ -39,6 +39,12 @@ def parameter_groups(named_parameters: Iterable[tuple[str, torch.Tensor]],
     return list(groups.values())
 
 
+def heads_last_layer_frozen_until(name: str, fraction: float) -> float:
+    """DINO's rule for its heads (`cancel_gradients_last_layer`), for `head` and `patch_head`: their last layers get
+    no update for the first `fraction` of training."""
+    return fraction if name.startswith(("head.last_layer.", "patch_head.last_layer.")) else 0.0
+
+
 def vit_layer_decay(name: str, rate: float, num_blocks: int, patch_embed_multiplier: float = 1.0,
                     prefix: str = "backbone.") -> float:
     """DINOv2's lr multiplier of a parameter (`get_vit_lr_decay_rate`, `get_params_groups_with_decay`):

@@ -32,3 +32,7 @@ class KoLeoLoss(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             x = F.normalize(features.float(), p=2, dim=-1, eps=eps)
             return -torch.log(nearest_neighbour_distances(x, eps) + eps).mean()
+
+    def per_crop(self, cls: torch.Tensor, n_crops: int) -> torch.Tensor:
+        """DINOv2's use: (n_crops * B, D) CLS tokens, crop-major -> the sum over crops of each crop's KoLeo."""
+        return sum(self(c) for c in cls.chunk(n_crops))

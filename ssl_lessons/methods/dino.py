@@ -22,7 +22,7 @@ from ..config import require
 from ..crops import MultiCropRecipe
 from ..heads import DINOHead
 from ..losses.dino import DINOLoss
-from ..optim import parameter_groups
+from ..optim import heads_last_layer_frozen_until, parameter_groups
 from ..teacher import ema_update, make_teacher, momentum_schedule
 from .base import Method
 
@@ -111,8 +111,10 @@ class DINO(Method):
         return loss, ({**stats, "teacher_temp": self.teacher_temp} if diagnostics else {})
 
     def param_groups(self):
-        frozen = lambda name: self.recipe.freeze_last_layer if name.startswith("head.last_layer.") else 0.0  # noqa: E731
-        return parameter_groups(self.named_parameters(), frozen_until=frozen)
+        return parameter_groups(self.named_parameters(), frozen_until=self.frozen_until)
+
+    def frozen_until(self, name: str) -> float:
+        return heads_last_layer_frozen_until(name, self.recipe.freeze_last_layer)
 
     @torch.no_grad()
     def after_step(self, progress):

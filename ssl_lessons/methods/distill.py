@@ -28,7 +28,7 @@ from ..heads import DINOHead
 from ..losses.dino import DINOLoss
 from ..losses.ibot import iBOTPatchLoss
 from ..losses.koleo import KoLeoLoss
-from ..optim import parameter_groups, vit_layer_decay
+from ..optim import heads_last_layer_frozen_until, parameter_groups, vit_layer_decay
 from ..teacher import ema_update, make_teacher, momentum_schedule
 from .base import Method
 
@@ -148,15 +148,14 @@ class Distill(Method):
                  "patch_loss": self.recipe.patch_loss_weight * self.patch_loss(patch_out, teacher_patch_out,
                                                                                positions, temp)}
         if self.recipe.koleo_loss_weight:
-            terms["koleo_loss"] = self.recipe.koleo_loss_weight * sum(
-                self.koleo(c) for c in tokens[0]["cls"].chunk(crops.n_global))
+            terms["koleo_loss"] = self.recipe.koleo_loss_weight * self.koleo.per_crop(tokens[0]["cls"], crops.n_global)
         loss = sum(terms.values())
         if not diagnostics:
             return loss, {}
         return loss, {**{k: v.detach() for k, v in terms.items()}, **stats}
 
     def frozen_until(self, name: str) -> float:
-        return self.recipe.freeze_last_layer if name.startswith(("head.last_layer.", "patch_head.last_layer.")) else 0.0
+        return heads_last_layer_frozen_until(name, self.recipe.freeze_last_layer)
 
     def param_groups(self):
         decay = lambda name: vit_layer_decay(name, self.recipe.layer_decay, len(self.backbone.vit.blocks),  # noqa: E731

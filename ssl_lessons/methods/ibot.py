@@ -26,7 +26,6 @@ from ..config import require
 from ..heads import DINOHead
 from ..losses.ibot import iBOTPatchLoss
 from ..masking import BatchMasker
-from ..optim import parameter_groups
 from ..teacher import make_teacher
 from .dino import DINO, DINORecipe
 
@@ -94,12 +93,15 @@ class iBOT(DINO):
             return loss, {}
         return loss, {**{name: term.detach() for name, term in terms.items()}, **stats}
 
-    def loss_terms(self, crops, diagnostics=False) -> tuple[dict, dict]:
+    def student_tokens(self, crops) -> list[dict]:
+        """The student backbone's tokens: [masked global crops, local crops] (one pass per crop size)."""
+        return self.backbone.forward_tokens(crops.by_size(), [crops.masks] + [None] * (len(crops.by_size()) - 1))
+
+    def loss_terms(self, crops, diagnostics=False, tokens=None) -> tuple[dict, dict]:
         """{"cls_loss": ..., "patch_loss": λ * ...} (their sum is the loss), and the diagnostics if asked for.
-        DINOv2 adds its own terms to these (methods/dinov2.py)."""
+        `tokens`: student_tokens(crops), when the caller needs them too (DINOv2 adds KoLeo on their CLS)."""
         masks = crops.masks
-        tokens = self.backbone.forward_tokens(crops.by_size(), [masks] + [None] * (len(crops.by_size()) - 1))
-        self.student_tokens = tokens                                                # for the terms a subclass adds
+        tokens = self.student_tokens(crops) if tokens is None else tokens
         cls = torch.cat([t["pooled"] for t in tokens])                              # (V*B, D)
         masked_patches = tokens[0]["patch"][masks]                                  # (M, D)
         with torch.no_grad():
@@ -125,10 +127,3 @@ class iBOT(DINO):
             out = head(torch.cat([cls, patches]))
             return out[:len(cls)], out[len(cls):]
         return head(cls), patch_head(patches)
-
-    def frozen_until(self, name: str) -> float:
-        """Both heads' last layers are frozen for the first freeze_last_layer of training (DINO's rule)."""
-        return self.recipe.freeze_last_layer if name.startswith(("head.last_layer.", "patch_head.last_layer.")) else 0.0
-
-    def param_groups(self):
-        return parameter_groups(self.named_parameters(), frozen_until=self.frozen_until)
