@@ -71,9 +71,12 @@ class DINOv2(iBOT):
         # A 4-block ViT trained for one epoch: no stochastic depth (it slows a short run; DINOv2 uses it on 24-40
         # blocks), DINO's laptop head and teacher temperature, 4 local crops as lessons 3-5, and the last 10 % of
         # the steps at 48 px (the high-resolution phase; 64 px costs 5x a 32-px step here, 48 px about 2x).
+        # LayerScale starts at 0.1, not 1e-5: with 1e-5 a 390-step run never lets its blocks move the CLS token
+        # far enough from one shared vector, so the Sinkhorn-Knopp CLS targets stay uniform (loss = ln K, KL 0;
+        # measured in lesson 6). 1e-5 is for hundreds of thousands of steps.
         "cifar10-laptop": dict(out_dim=4096, hidden_dim=1024, freeze_last_layer=0.05, teacher_temp=0.04,
                                epochs=1.0, n_local_crops=4, drop_path_rate=0.0, highres_size=48,
-                               highres_fraction=0.1),
+                               highres_fraction=0.1, layerscale_init=0.1),
         "smoke": dict(n_local_crops=2, out_dim=64, hidden_dim=64, bottleneck_dim=32, drop_path_rate=0.0,
                       highres_size=48, highres_fraction=0.25),
     }
