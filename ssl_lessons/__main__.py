@@ -1,4 +1,5 @@
-"""Command line: `python -m ssl_lessons {train,baselines,prepare-data,bench} ...` (see --help of each)."""
+"""Command line: `python -m ssl_lessons {train,baselines,prepare-data,collapse-study,ablation,export,export-script,
+bench} ...` (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -7,19 +8,29 @@ import math
 import sys
 import time
 
-from .config import PRESETS, make_config, parse_set_args
+from .config import PRESETS, apply_overrides, make_config, parse_set_args
 from .errors import ConfigError, UserError
 
 
 def _config(args):
     overrides = parse_set_args(args.set or [])
+    if getattr(args, "config", None):  # a saved config (export-script's config.json), with --set on top
+        from .launch import load_config_file
+        cfg = load_config_file(args.config)
+        for flag, value, saved in (("--method", getattr(args, "method", None), cfg.method),
+                                   ("--preset", args.preset, cfg.preset)):
+            if value is not None and value != saved:
+                raise ConfigError(f"{flag} {value} disagrees with {args.config}, which says {saved}: give one")
+        if getattr(args, "data", None):
+            overrides["data_source"] = args.data
+        return apply_overrides(cfg, overrides)
     if getattr(args, "method", None):
         if overrides.get("method", args.method) != args.method:
             raise ConfigError(f"--method {args.method} and --set method={overrides['method']} disagree: give one")
         overrides["method"] = args.method
     if getattr(args, "data", None):
         overrides["data_source"] = args.data
-    return make_config(args.preset, overrides)
+    return make_config(args.preset or "cifar10-laptop", overrides)
 
 
 def cmd_prepare_data(args):
@@ -41,12 +52,17 @@ def cmd_train(args):
     cfg = _config(args)
     print(f"training {cfg.method} ({cfg.preset}) on {pick_device(cfg.device)}; overrides: {args.set or 'none'}",
           flush=True)
-    run = train(cfg, allow_changes=tuple(args.allow_change or ()))
+    run = train(cfg, allow_changes=tuple(args.allow_change or ()), stop_after=args.stop_after)
     result = run["result"]
-    from .distributed import is_main
-    if result is None or not is_main():  # stopped early, or a non-zero DDP rank
+    if result is None:  # stopped early
         return
-    marks = load_or_compute_yardsticks(cfg) if args.baselines else {}
+    from .data import uses_streaming
+    from .distributed import is_main
+    # lesson 0's yardsticks (raw pixels, a random backbone): collective under torchrun, so every rank takes part;
+    # none for streamed full-resolution images, whose raw pixels are no yardstick
+    marks = load_or_compute_yardsticks(cfg) if args.baselines and not uses_streaming(cfg) else {}
+    if not is_main():
+        return
     print(f"\nResults on CIFAR-10 test ({result['queries']} images; k-NN k={cfg.knn_k}, bank {result['bank']}):")
     print(f"  {'representation':28s} {'k-NN top-1':>10s} {'linear top-1':>12s}")
     rows = [(n, m) for n, m in marks.items()] + [(f"{cfg.method} ({result['train_minutes']:.1f} min)", result)]
@@ -92,9 +108,29 @@ def cmd_export(args):
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def cmd_export_script(args):
+    from .launch import export_script
+    cfg = _config(args)
+    paths = export_script(cfg, args.out, nodes=args.nodes, gpus_per_node=args.gpus_per_node, hours=args.hours)
+    world = args.nodes * args.gpus_per_node
+    print(f"{cfg.method} ({cfg.preset}) for {args.nodes} x {args.gpus_per_node} = {world} processes, global batch "
+          f"{cfg.batch_size} ({cfg.batch_size // world} per process), parallel={cfg.parallel}:")
+    for kind, path in paths.items():
+        print(f"  {kind:9s} {path}")
+    print(f"run: bash {paths['launcher']}    or on SLURM: cd {paths['sbatch'].parent} && sbatch job.sbatch")
+
+
 def cmd_bench(args):
-    from .bench import main as bench_main
-    bench_main(_config(args), steps=args.steps)
+    from .bench import main as bench_main, stream_rate, tricks
+    cfg = _config(args)
+    from .bench import synthetic_data
+    data = synthetic_data(cfg) if args.synthetic else None
+    if args.tricks:
+        tricks(cfg, steps=args.steps, data=data)
+    elif args.stream:
+        stream_rate(cfg, args.stream, batches=args.steps, workers=args.workers)
+    else:
+        bench_main(cfg, steps=args.steps, data=data)
 
 
 def main(argv=None):
@@ -102,7 +138,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
-        p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS),
+        p.add_argument("--preset", choices=list(PRESETS),
                        help="cifar10-laptop: ~15 min on a laptop CPU (the default); smoke: seconds, for tests")
         p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", help="override config fields, e.g. epochs=8 lr=1e-3")
         p.add_argument("--data", help="CIFAR-10 folder or .tar.gz; it wins over $SSL_LESSONS_CIFAR10 (which wins over "
@@ -115,6 +151,11 @@ def main(argv=None):
     p.add_argument("--allow-change", nargs="+", metavar="KEY",
                    help="resume a checkpoint with new values of these fields (e.g. lr after a NaN); recorded in "
                         "the checkpoint and results.json")
+    p.add_argument("--stop-after", type=int, metavar="STEPS",
+                   help="stop after this many steps in all (with a checkpoint), as a job's time limit would; the "
+                        "same command without it resumes")
+    p.add_argument("--config", help="a saved config (export-script's config.json) instead of --method/--preset; "
+                                    "--set still applies on top")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="do not print lesson 0's yardsticks beside the result")
     p.set_defaults(func=cmd_train)
@@ -138,9 +179,25 @@ def main(argv=None):
     p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
     p.add_argument("--name", required=True)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("export-script", help="write a run's config, a torchrun launcher and a SLURM script for "
+                                              "many GPUs (lesson 7)")
+    common(p)
+    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--hours", type=int, default=24, help="the SLURM job's time limit")
+    p.add_argument("--out", required=True, help="folder for config.json, launch.sh and job.sbatch")
+    p.set_defaults(func=cmd_export_script)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
     common(p)
+    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--tricks", action="store_true", help="DINOv2's sequence packing and efficient stochastic depth, "
+                                                        "each on and off (lesson 7)")
+    p.add_argument("--stream", metavar="DIR", help="the streaming loader's images/s on this ImageFolder tree")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --stream")
+    p.add_argument("--synthetic", action="store_true", help="random images at image_size instead of the dataset "
+                                                            "(speed only; with --tricks)")
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)

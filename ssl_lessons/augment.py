@@ -20,7 +20,7 @@ import torch
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from .data import CIFAR10_MEAN, CIFAR10_STD
+from .data import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
@@ -155,6 +155,10 @@ def simclr_jitter(strength: float = 0.5) -> tuple[float, float, float, float]:
 
 # BYOL's (Grill et al. 2020, Table 6) and DINO's (main_dino.py DataAugmentationDINO) colour jitter
 BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+# DINO's views (main_dino.py DataAugmentationDINO; dinov2 data/augmentations.py), used by DINO, iBOT, DINOv2 and
+# distillation: two global views with blur p = 1.0 and 0.1 (solarization 0.2 in the second), local views blur p = 0.5
+DINO_GLOBAL_VIEWS = (dict(jitter=BYOL_JITTER, blur_p=1.0), dict(jitter=BYOL_JITTER, blur_p=0.1, solarize_p=0.2))
+DINO_LOCAL_VIEW = dict(jitter=BYOL_JITTER, blur_p=0.5)
 
 
 def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -169,17 +173,44 @@ class ViewAugment:
     (B, 3, H, W) uint8 on any device -> (B, 3, size, size) float32, standardised with `mean`/`std`.
 
     `jitter` is (brightness, contrast, saturation, hue), applied with probability `jitter_p` in a random order.
-    Gaussian blur, which BYOL, SwAV and DINO use at 224 px, is left out: at 32 px a blur of the paper's 10 %-of-
-    the-image kernel wipes out most of the object, and SimCLR's CIFAR-10 setting (App. B.9) drops it for that
-    reason."""
+    Gaussian blur (`blur_p`), which SimCLR, BYOL, SwAV and DINO use at 224 px, is left out of these batched 32-px
+    views: at 32 px a blur of the paper's 10 %-of-the-image kernel wipes out most of the object, and SimCLR's
+    CIFAR-10 setting (App. B.9) drops it for that reason. The full-resolution pipeline (`to_torchvision`, used by
+    the streaming loader) applies it with the method's probability.
+
+    Each method describes its views once, here; `to_torchvision()` turns the same description into the official
+    per-image torchvision pipeline for full-resolution images."""
 
     def __init__(self, size: int = 32, scale=(0.08, 1.0), jitter=simclr_jitter(0.5), jitter_p: float = 0.8,
-                 gray_p: float = 0.2, solarize_p: float = 0.0, flip_p: float = 0.5, mean=CIFAR10_MEAN,
-                 std=CIFAR10_STD):
+                 gray_p: float = 0.2, solarize_p: float = 0.0, flip_p: float = 0.5, blur_p: float = 0.0,
+                 mean=CIFAR10_MEAN, std=CIFAR10_STD):
         self.size, self.scale = size, tuple(scale)
         self.jitter = dict(zip(("brightness", "contrast", "saturation", "hue"), jitter))
         self.jitter_p, self.gray_p, self.solarize_p, self.flip_p = jitter_p, gray_p, solarize_p, flip_p
+        self.blur_p = blur_p
         self.mean, self.std = mean, std
+
+    def to_torchvision(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        """This view as the official full-resolution recipes write it, per image with torchvision's transforms.v2
+        (dinov2 `data/augmentations.py`, DINO `DataAugmentationDINO`, SimCLR App. A):
+
+            RandomResizedCrop(size, scale, bicubic) -> flip (p) -> ColorJitter (p = jitter_p) -> grayscale (gray_p)
+            -> Gaussian blur, kernel 9, sigma ~ U(0.1, 2) (blur_p) -> solarize at 128 (solarize_p) -> normalise.
+
+        (3, H, W) uint8 -> (3, size, size) float32. Random choices come from torch's global RNG (per sample, see
+        streaming.py for how they are seeded)."""
+        from torchvision.transforms import v2
+        steps = [v2.RandomResizedCrop(self.size, scale=self.scale, interpolation=v2.InterpolationMode.BICUBIC,
+                                      antialias=True),
+                 v2.RandomHorizontalFlip(p=self.flip_p),
+                 v2.RandomApply([v2.ColorJitter(**self.jitter)], p=self.jitter_p),
+                 v2.RandomGrayscale(p=self.gray_p)]
+        if self.blur_p > 0:
+            steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=9, sigma=(0.1, 2.0))], p=self.blur_p))
+        if self.solarize_p > 0:
+            steps.append(v2.RandomSolarize(threshold=128, p=self.solarize_p))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        return v2.Compose(steps)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         n, _, h, w = images.shape

@@ -13,6 +13,10 @@ position embeddings are added (iBOT, sec. 3; dinov2's `prepare_tokens_with_masks
 
 The ViT also gives `last_attention(x)` -> (B, heads, T, T), the softmax attention of the last block; timm's fused
 attention never materialises the weights, and attention.py shows how it is read.
+
+Two of DINOv2's implementation tricks are options of the ViT (lesson 7): `packing` runs a list of crop sizes
+through the blocks as one packed sequence with a block-diagonal attention mask (packing.py), and
+`efficient_drop_path` computes stochastic depth's kept samples only (stochastic_depth.py).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import torchvision
 from timm.models.vision_transformer import VisionTransformer
 
 from .attention import last_self_attention
+from .packing import pack_sequences, unpack_sequences
+from .stochastic_depth import SubsetDropPathBlock
 
 
 def _per_tensor(forward_one, x, masks):
@@ -38,7 +44,8 @@ class ViTBackbone(nn.Module):
 
     def __init__(self, img_size: int = 32, patch_size: int = 4, embed_dim: int = 192, depth: int = 6,
                  num_heads: int = 3, global_pool: str = "token", drop_path_rate: float = 0.0,
-                 layerscale_init: float = 0.0, register_tokens: int = 0, mask_token: bool = False):
+                 layerscale_init: float = 0.0, register_tokens: int = 0, mask_token: bool = False,
+                 packing: bool = False, efficient_drop_path: bool = False):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
@@ -47,7 +54,9 @@ class ViTBackbone(nn.Module):
         self.vit = VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                                      num_heads=num_heads, num_classes=0, global_pool=global_pool,
                                      drop_path_rate=drop_path_rate, init_values=layerscale_init or None,
-                                     reg_tokens=register_tokens, dynamic_img_size=True)
+                                     reg_tokens=register_tokens, dynamic_img_size=True,
+                                     **({"block_fn": SubsetDropPathBlock} if efficient_drop_path else {}))
+        self.packing = packing
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         # only methods that mask patches have one: DDP requires every trainable parameter to get a gradient
@@ -61,9 +70,22 @@ class ViTBackbone(nn.Module):
         return self.forward_tokens(x)["pooled"]  # (B, D)
 
     def forward_tokens(self, x, masks=None):
+        if self.packing and isinstance(x, (list, tuple)) and len(x) > 1:
+            return self._forward_packed(x, [None] * len(x) if masks is None else masks)
         return _per_tensor(self._forward_tokens, x, masks)
 
     def _forward_tokens(self, x: torch.Tensor, masks: torch.Tensor | None) -> dict:
+        return self._outputs(self.vit.norm(self.vit.blocks(self._embed(x, masks))))
+
+    def _forward_packed(self, xs: list[torch.Tensor], masks: list) -> list[dict]:
+        """All crop sizes through the blocks at once, each crop attending to itself only (packing.py)."""
+        packed, attn_mask, layout = pack_sequences([self._embed(x, m) for x, m in zip(xs, masks)])
+        for block in self.vit.blocks:
+            packed = block(packed, attn_mask=attn_mask)
+        return [self._outputs(t) for t in unpack_sequences(self.vit.norm(packed), layout)]
+
+    def _embed(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        """Images (B, 3, H, W) -> the tokens entering the first block (B, prefix + N, D)."""
         vit = self.vit
         t = vit.patch_embed(x)                                    # (B, h, w, D): timm's dynamic-size layout
         if masks is not None:
@@ -71,8 +93,10 @@ class ViTBackbone(nn.Module):
                 raise ValueError("this backbone has no mask token: build it with mask_token=True")
             t = torch.where(masks.view(*t.shape[:-1], 1), self.mask_token.to(t.dtype), t)
         t = vit._pos_embed(t)                                     # (B, prefix + N, D)
-        t = vit.norm_pre(vit.patch_drop(t))
-        t = vit.norm(vit.blocks(t))
+        return vit.norm_pre(vit.patch_drop(t))
+
+    def _outputs(self, t: torch.Tensor) -> dict:
+        vit = self.vit
         return {"cls": t[:, 0], "patch": t[:, vit.num_prefix_tokens:], "pooled": vit.forward_head(t, pre_logits=True)}
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +142,8 @@ def backbone_from_config(cfg, mask_token: bool = False) -> nn.Module:
         return ResNetBackbone()
     return build_backbone(cfg.backbone, cfg.image_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.num_heads,
                           cfg.global_pool, drop_path_rate=cfg.drop_path_rate, layerscale_init=cfg.layerscale_init,
-                          register_tokens=cfg.register_tokens, mask_token=mask_token)
+                          register_tokens=cfg.register_tokens, mask_token=mask_token,
+                          packing=cfg.sequence_packing, efficient_drop_path=cfg.efficient_drop_path)
 
 
 def build_backbone(name: str, img_size: int = 32, patch_size: int = 4, embed_dim: int = 192, depth: int = 6,

@@ -6,6 +6,7 @@ import json
 from .data import dataset_key, load_dataset
 from .evaluation import yardsticks
 from .checkpoint import atomic_write_text
+from .distributed import is_main
 from .train import RUNS_DIR, pick_device
 
 
@@ -22,7 +23,7 @@ def load_or_compute_yardsticks(cfg, data=None, recompute: bool = False) -> dict:
     if path.exists() and not recompute:
         return json.loads(path.read_text())
     data = data if data is not None else load_dataset(cfg)
-    result = yardsticks(cfg, data, pick_device(cfg.device), probe=cfg.linear_probe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(result, indent=1), path)
+    result = yardsticks(cfg, data, pick_device(cfg.device), probe=cfg.linear_probe)  # collective under torchrun
+    if is_main():
+        atomic_write_text(json.dumps(result, indent=1), path)
     return result

@@ -1,6 +1,11 @@
-"""Benchmark (not a test): training images/s and augmentation images/s for a preset, as medians over steps.
+"""Benchmarks (not tests): training and augmentation images/s for a preset, as medians over steps; DINOv2's
+implementation tricks on and off; the streaming loader's images/s.
 
     python -m ssl_lessons bench --preset cifar10-laptop --steps 20
+    python -m ssl_lessons bench --method dinov2 --tricks          # sequence packing, efficient stochastic depth
+    python -m ssl_lessons bench --method dino --stream DIR        # DIR: an ImageFolder tree (train/, val/)
+    python -m ssl_lessons bench --method dino --preset imagenet-vits16-dino --set dataset=none device=cuda \
+        batch_size=64 --tricks --synthetic                        # ViT-S/16 at 224 px on random images (a GPU)
 
 Images/s counts source images per second (each gives the method's number of views); per-view throughput is
 that times the number of views. Run it alone: another process on the same cores halves both numbers.
@@ -13,9 +18,19 @@ import time
 
 import torch
 
+from .config import apply_overrides
 from .data import load_dataset
 from .methods import build_method
 from .train import _autocast, pick_device
+
+# Lesson 7's comparison: the same method and batch with each trick on or off. Stochastic depth at dinov2's ViT-L
+# rate (0.4) in every variant, so that only the way it is computed changes.
+TRICKS = {
+    "baseline": dict(drop_path_rate=0.4),
+    "sequence packing": dict(drop_path_rate=0.4, sequence_packing=True),
+    "efficient stochastic depth": dict(drop_path_rate=0.4, efficient_drop_path=True),
+    "both": dict(drop_path_rate=0.4, sequence_packing=True, efficient_drop_path=True),
+}
 
 
 def _median_rate(fn, n_items: int, steps: int, warmup: int = 3) -> float:
@@ -28,42 +43,103 @@ def _median_rate(fn, n_items: int, steps: int, warmup: int = 3) -> float:
     return n_items / statistics.median(times)
 
 
-def main(cfg, steps: int = 20) -> dict:
-    device = pick_device(cfg.device)
-    data = load_dataset(cfg)
-    torch.manual_seed(cfg.seed)
-    method = build_method(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(method.param_groups(), lr=1e-4)
-    generator = torch.Generator(device=device).manual_seed(0)
-    images = data.train_images[:cfg.batch_size].to(device)
-    crops = method.make_views(images, generator)
+class _Prepared:
+    """cfg's method on its device with AdamW, a batch of images and one batch of its views: what the timings share."""
 
-    def augment():
-        method.make_views(images, generator)
-        if device.type == "cuda":
+    def __init__(self, cfg, data=None):
+        self.cfg, self.device = cfg, pick_device(cfg.device)
+        data = data if data is not None else load_dataset(cfg)
+        torch.manual_seed(cfg.seed)
+        self.method = build_method(cfg).to(self.device).train()
+        self.optimizer = torch.optim.AdamW(self.method.param_groups(), lr=1e-4)
+        self.generator = torch.Generator(device=self.device).manual_seed(0)
+        self.images = data.train_images[:cfg.batch_size].to(self.device)
+        self.crops = self.method.make_views(self.images, self.generator)
+
+    def sync(self):
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def step():
-        with _autocast(cfg, device):
-            loss, _ = method(crops)
-        optimizer.zero_grad(set_to_none=True)
+    def augment(self):
+        self.method.make_views(self.images, self.generator)
+        self.sync()
+
+    def step(self):
+        with _autocast(self.cfg, self.device, 1):
+            loss, _ = self.method(self.crops)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        method.after_step(0.5)  # e.g. the teacher's EMA update
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        self.optimizer.step()
+        self.method.after_step(0.5)  # e.g. the teacher's EMA update
+        self.sync()
 
-    def step_with_views():
-        nonlocal crops
-        crops = method.make_views(images, generator)
-        step()
+    def step_with_views(self):
+        self.crops = self.method.make_views(self.images, self.generator)
+        self.step()
 
+
+def main(cfg, steps: int = 20, data=None) -> dict:
+    run = _Prepared(cfg, data)
     n = cfg.batch_size
-    result = {"augment_img_per_s": _median_rate(augment, n, steps),
-              "train_img_per_s (views given)": _median_rate(step, n, steps),
-              "train_img_per_s (views made each step)": _median_rate(step_with_views, n, steps)}
-    print(f"{cfg.method} / {cfg.preset} on {device} ({platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads), batch {n}, {crops.n_views} views, median of {steps} steps:")
+    result = {"augment_img_per_s": _median_rate(run.augment, n, steps),
+              "train_img_per_s (views given)": _median_rate(run.step, n, steps),
+              "train_img_per_s (views made each step)": _median_rate(run.step_with_views, n, steps)}
+    print(f"{cfg.method} / {cfg.preset} on {run.device} ({platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads), batch {n}, {run.crops.n_views} views, median of {steps} steps:")
     for k, v in result.items():
-        print(f"  {k:40s} {v:8.0f} images/s   ({v * crops.n_views:.0f} views/s)")
+        print(f"  {k:40s} {v:8.0f} images/s   ({v * run.crops.n_views:.0f} views/s)")
     return result
+
+
+def train_rate(cfg, steps: int = 10, data=None) -> float:
+    """Median training images/s of cfg's method on one batch of views (made once), on cfg's device; on CUDA the
+    peak memory is printed too."""
+    run = _Prepared(cfg, data)
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    rate = _median_rate(run.step, cfg.batch_size, steps)
+    if run.device.type == "cuda":
+        print(f"    peak memory {torch.cuda.max_memory_allocated(run.device) / 2**30:.2f} GiB")
+    return rate
+
+
+def synthetic_data(cfg, n: int = 0):
+    """Random uint8 images at cfg.image_size, as many as one batch (a speed benchmark needs no real photos)."""
+    from .data import ImageData
+    g = torch.Generator().manual_seed(0)
+    n = n or cfg.batch_size
+    images = torch.randint(0, 256, (n, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
+    labels = torch.zeros(n, dtype=torch.int64)
+    return ImageData(images, labels, images[:1], labels[:1], ["synthetic"])
+
+
+def tricks(cfg, steps: int = 10, data=None) -> dict[str, float]:
+    """Training images/s with each of TRICKS (packing, efficient stochastic depth) on and off; printed as a table
+    with the speed-up over the baseline."""
+    data = data if data is not None else load_dataset(cfg)
+    rates = {name: train_rate(apply_overrides(cfg, changes), steps, data) for name, changes in TRICKS.items()}
+    print(f"{cfg.method} / {cfg.preset}, batch {cfg.batch_size}, on {pick_device(cfg.device)} "
+          f"({torch.get_num_threads()} threads), median of {steps} steps:")
+    for name, rate in rates.items():
+        print(f"  {name:28s} {rate:8.1f} images/s   x{rate / rates['baseline']:.2f}")
+    return rates
+
+
+def stream_rate(cfg, root, batches: int = 20, workers: int = 2) -> float:
+    """Images/s the streaming loader delivers (decode + the method's full-resolution multi-crop in `workers`
+    processes): up to `batches` batches of one epoch over the wall time from the first request to the last batch,
+    workers' start included (a median per batch would time the prefetched queue, not the workers)."""
+    from .streaming import StreamingImages
+    method = build_method(cfg)
+    loader = StreamingImages(root, eval_size=cfg.image_size, workers=workers).training_loader(
+        method.crops, cfg.batch_size, cfg.seed)
+    loader.sampler.set_position(0)
+    n = min(batches, len(loader))
+    tic = time.perf_counter()
+    for i, _ in zip(range(n), loader):
+        pass
+    rate = n * cfg.batch_size / (time.perf_counter() - tic)
+    print(f"streaming: {workers} workers, batch {cfg.batch_size}, {method.crops.n_global} x {cfg.image_size} px + "
+          f"{method.crops.n_local} x {method.crops.local_view.size if method.crops.n_local else 0} px views: "
+          f"{rate:.1f} images/s ({n} batches)")
+    return rate

@@ -28,7 +28,10 @@ class Config:
     method: str = "simclr"          # simclr, byol, swav, dino, ibot, dinov2, distill (methods/); recipe: `recipe`
     dataset: str = "cifar10"        # "cifar10", or the path of any ImageFolder tree (train/ and test/ inside)
     data_source: str = ""           # CIFAR-10 folder or .tar.gz; empty = $SSL_LESSONS_CIFAR10, data/, or download
-    image_size: int = 32            # images are cached at this size (ImageFolder trees are resized to it)
+    image_size: int = 32            # global crop size; cached images are resized to it (ImageFolder trees)
+    data_loading: str = "auto"      # "memory" (uint8 cache), "stream" (decode per sample, streaming.py), "auto":
+                                    # stream an ImageFolder tree whose cache would exceed streaming's limit (8 GB)
+    workers: int = 8                # DataLoader worker processes per training process (streamed data only)
     train_subset: int = 0           # use only this many training images (0 = all); for quick runs
     test_subset: int = 0            # likewise for the test images
     # --- backbone ---------------------------------------------------------------------------------
@@ -41,6 +44,8 @@ class Config:
     drop_path_rate: float = 0.0     # stochastic depth of the student ViT (the teacher runs without it)
     layerscale_init: float = 0.0    # LayerScale's initial value (DINOv2: 1e-5); 0 = no LayerScale
     register_tokens: int = 0        # extra learned tokens beside CLS (Darcet et al. 2024); 0 = none
+    sequence_packing: bool = False  # all crop sizes through the blocks as one sequence, block-diagonal mask (DINOv2)
+    efficient_drop_path: bool = False  # stochastic depth computing the kept samples only (dinov2, when p > 0.1)
     # --- optimisation -------------------------------------------------------------------------------
     epochs: float = 100.0           # may be fractional
     batch_size: int = 256           # global batch (split across DDP ranks)
@@ -57,6 +62,8 @@ class Config:
     seed: int = 0
     device: str = "auto"            # auto = cuda, then mps, then cpu
     amp: bool = True                # bf16 autocast where the device supports it well (cuda)
+    parallel: str = "ddp"           # several processes (torchrun): "ddp" copies the model, "fsdp" shards it (parallel.py)
+    activation_checkpointing: bool = False  # recompute each student block in backward: less memory, ~1/3 more compute
     out_dir: str = ""               # empty = runs/<method>-<preset>
     ckpt_every: int = 200           # steps between checkpoints (one is always written at the end)
     log_every: int = 10             # steps between history records (and the only steps that compute diagnostics)
@@ -76,6 +83,12 @@ PRESETS: dict[str, dict] = {
     # The learner's default: about 15 minutes of training on a 2-core laptop CPU.
     "cifar10-laptop": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, global_pool="avg",
                            epochs=3.5, batch_size=128, lr=2e-3, warmup=0.05, knn_every=1.0),
+    # Full-resolution ImageNet (lesson 7): each is one method's official recipe, which lives in that method's PRESETS
+    # (methods/dino.py, dinov2.py, distill.py); here only what the data's scale asks of every run. Give the tree with
+    # --set dataset=/path/to/imagenet (train/<class>/*.JPEG, val/<class>/*); it is streamed from disk.
+    **{name: dict(data_loading="stream", workers=10, knn_every=0.0, linear_probe=False, log_every=50,
+                  ckpt_every=1000, eval_batch_size=256)
+       for name in ("imagenet-vits16-dino", "imagenet-vitl14-dinov2", "imagenet-vits14-distill")},
     # A tiny budget for tests: seconds, not minutes. Its numbers mean nothing.
     "smoke": dict(train_subset=1024, test_subset=512, patch_size=8, embed_dim=64, depth=2, num_heads=2,
                   epochs=0.25, batch_size=64, ckpt_every=2, log_every=1,
@@ -165,11 +178,14 @@ def validate(cfg: Config) -> Config:
                 "ckpt_every", "log_every", "knn_k", "knn_temperature", "eval_batch_size", "knn_bank"):
         require(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
     for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "layerscale_init",
-                "register_tokens", "train_subset", "test_subset", "knn_every"):
+                "register_tokens", "train_subset", "test_subset", "knn_every", "workers"):
         require(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
     require(cfg.knn_every == 0 or cfg.knn_k <= cfg.knn_bank,
             f"knn_k ({cfg.knn_k}) must not exceed knn_bank ({cfg.knn_bank}), the periodic k-NN's bank")
     require(0 <= cfg.warmup < 1, f"warmup is a fraction of training in [0, 1), got {cfg.warmup}")
+    require(cfg.data_loading in ("auto", "memory", "stream"),
+            f"data_loading is 'auto', 'memory' or 'stream', got {cfg.data_loading!r}")
+    require(cfg.parallel in ("ddp", "fsdp"), f"parallel is 'ddp' or 'fsdp', got {cfg.parallel!r}")
     require(cfg.lr_scaling in ("linear", "sqrt"), f"lr_scaling is 'linear' or 'sqrt', got {cfg.lr_scaling!r}")
     require(0 <= cfg.highres_fraction < 1, f"highres_fraction is a fraction of training in [0, 1), got "
                                            f"{cfg.highres_fraction}")
@@ -214,8 +230,21 @@ def make_config(preset: str = "cifar10-laptop", overrides: dict | None = None) -
     method = overrides.pop("method", Config.method)
     cls = method_class(method)
     cfg = Config(method=method, recipe=cls.Recipe(), preset=preset)
+    if preset.startswith("imagenet-") and preset not in cls.PRESETS:
+        owners = [name for name, c in _methods().items() if preset in c.PRESETS]
+        raise ConfigError(f"preset {preset} is {' and '.join(owners)}'s recipe, not {method}'s: use --method "
+                          f"{owners[0]}")
     cfg = apply_overrides(cfg, {**PRESETS[preset], **cls.DEFAULTS, **cls.PRESETS.get(preset, {})})
-    return apply_overrides(cfg, overrides)
+    cfg = apply_overrides(cfg, overrides)
+    if preset.startswith("imagenet-") and cfg.dataset == "cifar10":
+        raise ConfigError(f"preset {preset} trains on full-resolution ImageNet: add --set dataset=/path/to/imagenet "
+                          "(a folder with train/<class>/*.JPEG and val/<class>/*)")
+    return cfg
+
+
+def _methods() -> dict:
+    from .methods import METHODS
+    return METHODS
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -46,6 +46,25 @@ class Crops:
     def n_views(self) -> int:
         return self.n_global + self.n_local
 
+    def to(self, device, non_blocking: bool = False) -> "Crops":
+        """The same crops on `device` (the streaming loader's batches arrive on the CPU, pinned)."""
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Crops(move(self.global_crops), move(self.local_crops), self.n_global, self.n_local, move(self.masks))
+
+    def part(self, index: int, count: int) -> "Crops":
+        """The index-th of `count` equal parts of the batch, in every view (what rank `index` of `count` would have
+        made from its share of the images): rows b*B/count .. (b+1)*B/count - 1 of each view."""
+        b = self.batch_size
+        if b % count:
+            raise ValueError(f"a batch of {b} does not split into {count} equal parts")
+        size = b // count
+
+        def take(t, n_views):
+            return None if t is None else t.view(n_views, b, *t.shape[1:])[:, index * size:(index + 1) * size].flatten(0, 1)
+
+        return Crops(take(self.global_crops, self.n_global), take(self.local_crops, self.n_local), self.n_global,
+                     self.n_local, take(self.masks, self.n_global))
+
 
 class MultiCrop:
     """`global_views[i]` makes global crop i (methods whose two views differ, like BYOL and DINO, pass two

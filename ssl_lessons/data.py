@@ -37,6 +37,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the full-resolution (streamed) path's normalisation, as the official recipes
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -147,12 +149,31 @@ def load_image_folder(root: str | os.PathLike, image_size: int, data_dir: str | 
 
 
 def load_dataset(cfg) -> ImageData:
-    """The entry point the training loop and notebooks use: cfg.dataset, then cfg's subsets."""
+    """The entry point the training loop and notebooks use: cfg.dataset, then cfg's subsets. CIFAR-10 and small
+    ImageFolder trees become a uint8 cache in memory; a tree too large for it is streamed from disk (streaming.py;
+    cfg.data_loading says which, "auto" by the cache's size)."""
     if cfg.dataset == "cifar10":
         data = load_cifar10(cfg.data_source or None)
+    elif uses_streaming(cfg):
+        from .streaming import StreamingImages
+        data = StreamingImages(_named_source(cfg.dataset), eval_size=cfg.image_size, workers=cfg.workers)
     else:
         data = load_image_folder(cfg.dataset, cfg.image_size)
     return data.subset(cfg.train_subset, cfg.test_subset, seed=0)
+
+
+def uses_streaming(cfg) -> bool:
+    """Whether cfg's images are streamed: data_loading=stream, or auto and a uint8 cache of the tree at image_size
+    would be larger than streaming.MEMORY_CACHE_LIMIT_GB."""
+    if cfg.dataset == "cifar10" and cfg.data_loading == "stream":
+        raise DataError("data_loading=stream reads an ImageFolder tree: set dataset to its path (CIFAR-10 is kept in "
+                        "memory: data_loading=auto or memory)")
+    if cfg.dataset == "cifar10" or cfg.data_loading == "memory":
+        return False
+    if cfg.data_loading == "stream":
+        return True
+    from .streaming import MEMORY_CACHE_LIMIT_GB, cache_bytes
+    return cache_bytes(_named_source(cfg.dataset), cfg.image_size) > MEMORY_CACHE_LIMIT_GB * 1e9
 
 
 def dataset_key(cfg) -> str:
@@ -179,11 +200,13 @@ def read_image_source(path: Path, image_size: int) -> ImageData:
     batches = next((p for p in (path, path / "cifar-10-batches-py") if (p / "data_batch_1").exists()), None)
     if batches is not None:
         return _read_cifar_batches(batches)
-    splits = {s: path / s for s in ("train", "test")}
-    missing = [s for s, p in splits.items() if not p.is_dir()]
+    held_out = "val" if (path / "val").is_dir() and not (path / "test").is_dir() else "test"  # ImageNet: val/
+    splits = {"train": path / "train", "test": path / held_out}
+    missing = [p.name for p in splits.values() if not p.is_dir()]
     if missing:
         raise DataError(f"{path} has no {' or '.join(missing)}/ folder. Expected {path}/train/<class>/*.jpg and "
-                        f"{path}/test/<class>/*.jpg (the ImageFolder layout), or torchvision's cifar-10-batches-py.")
+                        f"{path}/test/<class>/*.jpg or val/<class>/* (the ImageFolder layout), or torchvision's "
+                        "cifar-10-batches-py.")
     files = {s: sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS) for s, p in splits.items()}
     for split, found in files.items():
         if not found:

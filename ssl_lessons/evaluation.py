@@ -7,6 +7,8 @@ cosine-similar training features f_i vote for their labels y_i with weight exp(s
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -24,22 +26,39 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 5
 
     Under torchrun every rank takes part (a collective, as a sharded model needs): each embeds an equal slice of
     the images and the slices are gathered, so every rank returns all N features."""
-    modes = {m: m.training for m in model.modules()}  # restored exactly (a teacher keeps its own modes)
-    model.eval()
     rank, world = distributed.rank(), distributed.world_size()
     per_rank = -(-len(images) // world)
     own = images[rank * per_rank:(rank + 1) * per_rank]
     if len(own) < per_rank:  # the last ranks pad with copies of the first image; the padding is cut below
         own = torch.cat([own, images[:1].expand(per_rank - len(own), *images.shape[1:])])
     out = []
-    for start in tqdm(range(0, per_rank, batch_size), desc=desc, leave=False, mininterval=1.0,
-                      disable=rank != 0):
-        batch = normalize(own[start:start + batch_size].to(device))
-        out.append(model(batch).float())
-    features = distributed.all_gather_rows(torch.cat(out)).cpu()[:len(images)]
-    for m, mode in modes.items():
-        m.training = mode
-    return features
+    with feature_mode(model):
+        for start in tqdm(range(0, per_rank, batch_size), desc=desc, leave=False, mininterval=1.0,
+                          disable=rank != 0):
+            batch = normalize(own[start:start + batch_size].to(device))
+            out.append(model(batch).float())
+    return distributed.all_gather_rows(torch.cat(out)).cpu()[:len(images)]
+
+
+@contextmanager
+def feature_mode(model: nn.Module):
+    """Eval mode for a feature extraction, then every submodule's mode restored exactly (a teacher keeps its own)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def split_features(model: nn.Module, data, split: str, batch_size: int = 512, device="cpu",
+                   desc: str = "features") -> torch.Tensor:
+    """Features of data's "train" or "test" images: from the uint8 cache (ImageData) or streamed from disk
+    (streaming.StreamingImages). A collective under torchrun, like extract_features."""
+    if hasattr(data, "stream_features"):
+        return data.stream_features(model, split, batch_size, device, desc)
+    return extract_features(model, getattr(data, f"{split}_images"), batch_size, device, desc)
 
 
 class AtSize(nn.Module):
@@ -107,8 +126,8 @@ def evaluate(model: nn.Module, data, device="cpu", k: int = 20, temperature: flo
 
     Under torchrun every rank extracts features (collectively); rank 0 fits the classifiers and every rank
     returns its result."""
-    train = extract_features(model, data.train_images, batch_size, device, desc="bank features")
-    test = extract_features(model, data.test_images, batch_size, device, desc="test features")
+    train = split_features(model, data, "train", batch_size, device, desc="bank features")
+    test = split_features(model, data, "test", batch_size, device, desc="test features")
     result = None
     if distributed.is_main():
         result = {"knn_top1": knn_top1(train, data.train_labels, test, data.test_labels, k, temperature)}

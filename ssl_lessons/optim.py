@@ -85,8 +85,10 @@ def drop_frozen_gradients(optimizer: torch.optim.Optimizer, progress: float) -> 
 
 
 def clip_gradients(module: nn.Module, max_norm: float) -> None:
-    """Clip each parameter's gradient to norm <= max_norm on its own (DINO's utils.clip_gradients)."""
+    """Clip each parameter's gradient to norm <= max_norm on its own (DINO's utils.clip_gradients). Under FSDP2 each
+    rank holds a shard of the gradient: the norm is the whole tensor's (parallel.full_norm), the scaling local."""
+    from .parallel import full_norm, local
     for p in module.parameters():
         if p.grad is not None:
-            norm = p.grad.norm(2)
-            p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+            scale = torch.clamp(max_norm / (full_norm(p.grad) + 1e-6), max=1.0)
+            local(p.grad).mul_(scale)

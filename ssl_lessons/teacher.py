@@ -24,6 +24,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from .parallel import local
 from .schedules import cosine_schedule
 
 
@@ -56,5 +57,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     t_params, s_params = list(teacher.parameters()), list(student.parameters())
     if len(t_params) != len(s_params):
         raise ValueError("teacher and student have different parameters: build the teacher with make_teacher")
+    # Under FSDP2 teacher and student are sharded alike (parallel.py): each rank updates its own shards.
+    t_params, s_params = [local(p) for p in t_params], [local(p.detach()) for p in s_params]
     torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1.0 - momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)

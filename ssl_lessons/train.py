@@ -2,12 +2,14 @@
 
 It owns what every run needs: the device (cuda, mps, cpu), seeds, AdamW with cosine lr and weight-decay
 schedules, per-parameter gradient clipping, bf16 autocast on CUDA, a tqdm bar, a history of loss / lr / metrics,
-periodic k-NN, atomic checkpoints with exact resume, DDP under torchrun, and the final k-NN + linear probe; and,
+periodic k-NN, atomic checkpoints with exact resume, DDP or FSDP2 under torchrun (parallel.py; FSDP2's checkpoints are
+sharded and resume at any number of processes), and the final k-NN + linear probe; and,
 when a config asks for it, a high-resolution phase at the end (DINOv2 sec. 4): from step highres_start on, the
 method's global crops are highres_size px (Method.set_global_size), and the checkpoint just before is kept.
 
     python -m ssl_lessons train --method simclr --preset cifar10-laptop --set epochs=8
     torchrun --nproc_per_node=2 -m ssl_lessons train --method simclr --preset cifar10-laptop
+    torchrun --nproc_per_node=2 -m ssl_lessons train --method dinov2 --set parallel=fsdp
 """
 from __future__ import annotations
 
@@ -21,25 +23,26 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from .checkpoint import (FULL_CHECKPOINT, SHARDED_CHECKPOINT, atomic_save, atomic_write_text, load_checkpoint,
+                         load_sharded, save_sharded, sharded_meta)
 from .config import Config, config_from_dict, config_to_dict, flat_config, peak_lr
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError, TrainingDiverged
-from .evaluation import evaluate, extract_features, knn_top1
+from .evaluation import evaluate, knn_top1, split_features
 from .methods import build_method
 from .optim import apply_schedules, clip_gradients, drop_frozen_gradients
+from .parallel import memory_per_rank, wrap
 from .schedules import cosine_schedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = Path(os.environ.get("SSL_LESSONS_RUNS", REPO_ROOT / "runs"))
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {"out_dir", "ckpt_every", "device", "eval_batch_size", "linear_probe", "probe_max_iter",
-                     "knn_every", "knn_bank"}
+                     "knn_every", "knn_bank", "activation_checkpointing", "sequence_packing", "workers"}
 # Fields that may change on resume when the user says so (--allow-change), besides the recipe's float fields.
 ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_end", "clip_grad")
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -59,7 +62,9 @@ def run_dir(cfg: Config) -> Path:
     return Path(cfg.out_dir) if cfg.out_dir else RUNS_DIR / f"{cfg.method}-{cfg.preset or 'custom'}"
 
 
-def _autocast(cfg: Config, device: torch.device):
+def _autocast(cfg: Config, device: torch.device, world: int):
+    if cfg.parallel == "fsdp" and world > 1:
+        return nullcontext()  # FSDP2's MixedPrecisionPolicy casts the weights itself (parallel.mixed_precision)
     if cfg.amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -67,22 +72,25 @@ def _autocast(cfg: Config, device: torch.device):
 
 def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: bool = True,
           allow_changes: tuple[str, ...] = ()) -> dict:
-    """Train cfg.method on cfg.dataset; resume from run_dir(cfg)/checkpoint.pt if it exists.
+    """Train cfg.method on cfg.dataset; resume from run_dir(cfg)'s checkpoint if it exists (checkpoint.pt, or the
+    sharded folder checkpoint/ with parallel=fsdp, which may be resumed at another number of processes).
 
     A resumed run must have the checkpoint's config, except for the fields in RESUMABLE_CHANGES and those named in
     `allow_changes` (e.g. ("lr",) to go on from the last good checkpoint with a lower learning rate after a NaN;
     see ADJUSTABLE_ON_RESUME); such changes are recorded in the checkpoint and the result.
     `stop_after` ends the call after that many total steps (after writing a checkpoint), as a killed run would.
-    Returns {"history", "evals", "result" (None until the run is finished), "out_dir"}."""
+    Returns {"history", "evals", "result" (None until the run is finished), "out_dir", "method", "optimizer"}."""
     rank, world, local_rank = distributed.setup()
     device = pick_device(cfg.device, local_rank)
     out_dir = run_dir(cfg)
-    ckpt_path = out_dir / "checkpoint.pt"
+    sharded = cfg.parallel == "fsdp"
+    ckpt_path = out_dir / (SHARDED_CHECKPOINT if sharded else FULL_CHECKPOINT)
     # Everything that can be checked without the images is checked before they are loaded.
     local_batch = check_run(cfg, world, n_train=None if data is None else len(data.train_labels))
+    check_checkpoint_format(out_dir, sharded)
     ckpt = None
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+    if (ckpt_path / "latest").exists() if sharded else ckpt_path.exists():  # (a first save killed midway: none)
+        ckpt = sharded_meta(ckpt_path) if sharded else load_checkpoint(ckpt_path, map_location=device)
         config_changes = check_resumable(ckpt, cfg, ckpt_path, world, allow_changes)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -98,42 +106,56 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     method = build_method(cfg).to(device)
-    model = method
-    if world > 1:
-        if device.type == "cuda":  # SimCLR's global BN; SyncBatchNorm has no CPU kernel (there DDP syncs buffers)
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
+    model = wrap(method, cfg.parallel, world, device, cfg.amp, cfg.activation_checkpointing)
+    method = getattr(model, "module", model)  # DDP may have converted BatchNorm layers: the method it runs
     optimizer = torch.optim.AdamW(method.param_groups(), lr=0.0, weight_decay=cfg.weight_decay)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
 
     step, history, evals, train_seconds, changes = 0, [], [], 0.0, []
     if ckpt is not None:
-        method.load_state_dict(ckpt["method"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if sharded:
+            _, own = load_sharded(ckpt_path, method, optimizer)
+        else:
+            method.load_state_dict(ckpt["method"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            own = ckpt["rank_states"][rank]
         step, history, evals, train_seconds = ckpt["step"], ckpt["history"], ckpt["evals"], ckpt["train_seconds"]
         changes = ckpt.get("config_changes", []) + ([{"step": step, "changes": config_changes}] if config_changes else [])
-        own = ckpt["rank_states"][rank]
-        generator.set_state(own["generator"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
-        torch.set_rng_state(own["torch"].cpu())
-        method.load_rank_state(own["method"])
+        if own is not None:
+            generator.set_state(own["generator"].cpu())  # RNG states are CPU byte tensors, whatever map_location did
+            torch.set_rng_state(own["torch"].cpu())
+            method.load_rank_state(own["method"])
+        else:  # written by another number of processes: each rank's random streams start afresh from the step
+            generator.manual_seed(cfg.seed * 1000 + rank + 1_000_003 * step)
+            torch.manual_seed(cfg.seed * 1000 + rank + 1_000_003 * step)
     elif rank == 0:
         (out_dir / "results.json").unlink(missing_ok=True)  # a fresh run: no stale result may stand for it
 
     def save_checkpoint(path=ckpt_path):
-        """Collective: every rank takes its part (a sharded model's state_dict needs them all); rank 0 writes."""
+        """Collective: every rank takes its part (a sharded model's state_dict needs them all)."""
         distributed.broadcast_buffers(method)
-        rank_states = distributed.all_gather_objects(
-            {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state(), "method": method.rank_state()})
-        state = {"config": config_to_dict(cfg), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": step, "history": history, "evals": evals, "train_seconds": train_seconds,
-                 "rank_states": rank_states, "config_changes": changes}
+        own = {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state(), "method": method.rank_state()}
+        meta = {"config": config_to_dict(cfg), "step": step, "history": history, "evals": evals,
+                "train_seconds": train_seconds, "config_changes": changes}
+        if sharded:
+            save_sharded(path, method, optimizer, meta, own)
+            return
+        state = {**meta, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                 "rank_states": distributed.all_gather_objects(own)}
         if rank == 0:
             atomic_save(state, path)
         distributed.barrier()
 
-    train_images = data.train_images.to(device)
-    sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=True)
+    streaming = not hasattr(data, "train_images")  # full-resolution images decoded by DataLoader workers
+    if streaming:
+        def make_loader():
+            return data.training_loader(method.crops, local_batch, cfg.seed, rank, world,
+                                        pin_memory=device.type == "cuda")
+        loader = make_loader()
+    else:
+        train_images = data.train_images.to(device)
+        sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
     top_lr = peak_lr(cfg)
     highres_start = highres_start_step(cfg, total_steps)
     knn_every_steps = round(cfg.knn_every * steps_per_epoch) if cfg.knn_every else 0
@@ -148,13 +170,19 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     ckpt_step = step
     if highres_start is not None and step > highres_start:
         method.set_global_size(cfg.highres_size)  # resumed inside the high-resolution phase
+        if streaming:
+            loader = make_loader()
     if knn_every_steps and step == 0:
         record_knn()  # the starting point: the randomly initialised backbone
     model.train()
     while step < total_steps and (stop_after is None or step < stop_after):
         epoch, offset = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler))
+        if streaming:
+            loader.sampler.set_position(epoch, offset)
+            batches = iter(loader)
+        else:
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler))
         for b in range(offset, steps_per_epoch):
             tic = time.perf_counter()
             progress = step / total_steps
@@ -166,10 +194,17 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
 
             if step == highres_start:
                 method.set_global_size(cfg.highres_size)   # the high-resolution phase begins
+                if streaming:  # the workers crop at the new size from here on
+                    loader = make_loader()
+                    loader.sampler.set_position(epoch, b)
+                    batches = iter(loader)
             method.before_step(progress)
-            images = train_images[order[b * local_batch:(b + 1) * local_batch].to(device)]
-            crops = method.make_views(images, generator)
-            with _autocast(cfg, device):
+            if streaming:
+                crops = method.complete_views(next(batches).to(device, non_blocking=True), generator)
+            else:
+                images = train_images[order[b * local_batch:(b + 1) * local_batch].to(device)]
+                crops = method.make_views(images, generator)
+            with _autocast(cfg, device, world):
                 loss, logs = model(crops, diagnostics=log_now)
             if (log_now or save_now) and not torch.isfinite(loss):  # a sync: only where a record or file is made
                 raise TrainingDiverged(
@@ -199,7 +234,7 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                 save_checkpoint()
                 ckpt_step = step
             if step == highres_start:  # the backbone as it was before the phase, for the before/after comparison
-                save_checkpoint(out_dir / "checkpoint-before-highres.pt")
+                save_checkpoint(out_dir / ("checkpoint-before-highres" + ("" if sharded else ".pt")))
             bar.update()
             if step >= total_steps or step == stop_after:
                 break
@@ -208,9 +243,10 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     result = None
     if step >= total_steps:
         result = _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
-                         changes)
+                         changes, memory_per_rank(method, optimizer))
     distributed.barrier()
-    return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method}
+    return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method,
+            "optimizer": optimizer}
 
 
 def highres_start_step(cfg: Config, total_steps: int) -> int | None:
@@ -223,13 +259,13 @@ def highres_start_step(cfg: Config, total_steps: int) -> int | None:
 def periodic_knn(backbone: nn.Module, data, cfg: Config, device) -> float:
     """k-NN top-1 with a bank of cfg.knn_bank training images (fixed subset) against the test images."""
     bank = data.subset(n_train=cfg.knn_bank, seed=1)
-    train = extract_features(backbone, bank.train_images, cfg.eval_batch_size, device, desc="k-NN bank")
-    test = extract_features(backbone, bank.test_images, cfg.eval_batch_size, device, desc="k-NN test")
+    train = split_features(backbone, bank, "train", cfg.eval_batch_size, device, desc="k-NN bank")
+    test = split_features(backbone, bank, "test", cfg.eval_batch_size, device, desc="k-NN test")
     return knn_top1(train, bank.train_labels, test, bank.test_labels, cfg.knn_k, cfg.knn_temperature)
 
 
 def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
-            changes) -> dict:
+            changes, memory: dict) -> dict:
     """The final k-NN (and probe) on every rank (collective), written by rank 0; every rank returns the result."""
     result_path = out_dir / "results.json"
     if result_path.exists():
@@ -243,6 +279,7 @@ def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, s
               "train_images_per_second": step * cfg.batch_size / max(train_seconds, 1e-9),
               "bank": len(data.train_labels), "queries": len(data.test_labels),
               "final_logs": {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {},
+              "processes": distributed.world_size(), "memory_per_rank": memory,
               "config": config_to_dict(cfg), "config_changes": changes}
     if not distributed.is_main():
         return result
@@ -279,16 +316,27 @@ def check_run(cfg: Config, world: int, n_train: int | None = None) -> int:
     return cfg.batch_size // world
 
 
+def check_checkpoint_format(out_dir: Path, sharded: bool) -> None:
+    """A run folder whose checkpoint is of the other kind (checkpoint.pt vs the sharded checkpoint/) was trained with
+    the other `parallel`; it cannot be resumed with this one."""
+    other = out_dir / (FULL_CHECKPOINT if sharded else SHARDED_CHECKPOINT)
+    if other.exists():
+        was, now = ("ddp", "fsdp") if sharded else ("fsdp", "ddp")
+        raise CheckpointError(f"{out_dir} holds a checkpoint of parallel={was} ({other.name}); resume it with "
+                              f"--set parallel={was}, or train with parallel={now} in another out_dir")
+
+
 def check_resumable(ckpt: dict, cfg: Config, path: Path, world: int, allow_changes=()) -> dict:
-    """Refuse to resume a checkpoint of another method, another config or another number of processes; return the
-    changes made with consent ({key: [before, now]}) for the fields in `allow_changes`."""
+    """Refuse to resume a checkpoint of another method, another config or (unless sharded) another number of
+    processes; return the changes made with consent ({key: [before, now]}) for the fields in `allow_changes`."""
     saved = ckpt["config"]
     if saved.get("method") != cfg.method:
         raise CheckpointError(f"{path} belongs to a {saved.get('method')} run, not {cfg.method}: choose another "
                               "out_dir (or delete the checkpoint)")
-    if len(ckpt["rank_states"]) != world:
+    if "rank_states" in ckpt and len(ckpt["rank_states"]) != world:
         raise CheckpointError(f"{path} was written by {len(ckpt['rank_states'])} processes; resume it with as many "
-                              f"(now {world}), or start afresh with another out_dir")
+                              f"(now {world}), or start afresh with another out_dir (runs with parallel=fsdp write "
+                              "sharded checkpoints, which resume at any number of processes)")
     not_adjustable = sorted(set(allow_changes) - adjustable_on_resume(cfg))
     if not_adjustable:
         raise ConfigError(f"--allow-change {', '.join(not_adjustable)}: only these can change on resume: "

@@ -1,8 +1,11 @@
 """Run by test_ddp.py under `torchrun --nproc_per_node=2 ddp_worker.py OUT MODE`. Each rank saves what it ends with
 to OUT/rank<r>.pt. MODE is a method name (a few smoke steps of training; SwAV with its queue on), "<method>-resume"
 (stopped after 2 steps and resumed, beside an uninterrupted run), "sinkhorn" (codes of this rank's rows of one
-global score matrix, the ranks holding different numbers of rows) or "sinkhorn-patches" (DINOv2's patch targets
-from uneven numbers of masked tokens)."""
+global score matrix, the ranks holding different numbers of rows), "sinkhorn-patches" (DINOv2's patch targets
+from uneven numbers of masked tokens), "<method>-fsdp[-resume]" (the same with parallel=fsdp), "engine-<method>-
+<ddp|fsdp>[-nokoleo]" (three optimizer steps on the same global crops, each rank taking its share; also run at one
+process), "fsdp-save" (a sharded checkpoint at step 2 of 4) or "fsdp-load" (resume that checkpoint: the state as
+loaded, then the rest of the run)."""
 import sys
 from pathlib import Path
 
@@ -19,6 +22,13 @@ from ssl_lessons.train import train  # noqa: E402
 
 out = Path(sys.argv[1])
 mode = sys.argv[2] if len(sys.argv) > 2 else "simclr"
+
+
+def full_state(module):
+    """The whole state dict on every rank, also when FSDP2 keeps only a shard of each tensor here."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def smoke(method, name, **extra):
@@ -57,22 +67,79 @@ if mode == "sinkhorn-patches":
     dist.destroy_process_group()
     sys.exit(0)
 
+if mode.startswith("engine-"):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ssl_lessons import distributed
+    from ssl_lessons.optim import apply_schedules, clip_gradients, drop_frozen_gradients
+    from ssl_lessons.parallel import memory_per_rank, wrap
+    _, method, parallel, *flags = mode.split("-")
+    rank, world, _ = distributed.setup()
+    extra = {"koleo_loss_weight": 0.0} if "nokoleo" in flags else {}
+    if method == "dinov2":  # LayerScale 0.1, as the laptop preset: at 1e-5 all CLS tokens nearly coincide, and
+        extra["layerscale_init"] = 0.1  # KoLeo's nearest neighbours (and its 1/distance gradients) follow rounding
+    cfg = smoke(method, "engine", parallel=parallel, **extra)
+    torch.manual_seed(cfg.seed)
+    module = build_method(cfg)
+    model = wrap(module, parallel, world, torch.device("cpu"))
+    # SGD, not the loop's AdamW: AdamW divides each gradient by its own running scale, so a gradient that is zero in
+    # exact arithmetic (the attention keys' bias: softmax ignores a shift) but 1e-10 of rounding noise moves its
+    # weight by a whole lr step either way, depending on the summation order. SGD keeps rounding noise at rounding size.
+    optimizer = torch.optim.SGD(module.param_groups(), lr=0.0, momentum=0.9)
+    images, views = make_tiny_data().train_images, torch.Generator().manual_seed(123)
+    losses = []
+    for step in range(3):
+        progress = step / 10
+        apply_schedules(optimizer, 1e-3, 0.04, progress)
+        module.before_step(progress)
+        crops = module.make_views(images[step * 64:(step + 1) * 64], views)  # the same global batch on every rank
+        loss, _ = model(crops.part(rank, world), diagnostics=False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        drop_frozen_gradients(optimizer, progress)
+        clip_gradients(module, 3.0)
+        optimizer.step()
+        module.after_step(progress)
+        losses.append(distributed.all_reduce_mean(loss.detach().clone()).item())
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    torch.save({"losses": losses, "state": {k: v.detach().clone() for k, v in state.items()}, "world": world,
+                "memory": memory_per_rank(module, optimizer)}, out / f"rank{rank}.pt")
+    distributed.cleanup()
+    sys.exit(0)
+
+if mode in ("fsdp-save", "fsdp-load"):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    cfg = smoke("dino", "sharded", parallel="fsdp")
+    if mode == "fsdp-save":
+        run = train(cfg, data=make_tiny_data(), stop_after=2, show_progress=False)
+        saved = {"losses": [h["loss"] for h in run["history"]]}
+    else:
+        loaded = train(cfg, data=make_tiny_data(), stop_after=2, show_progress=False)  # loads, trains no step
+        model_state, optimizer_state = get_state_dict(loaded["method"], loaded["optimizer"],
+                                                      options=StateDictOptions(full_state_dict=True))
+        run = train(cfg, data=make_tiny_data(), show_progress=False)
+        saved = {"model": model_state, "optimizer": optimizer_state, "losses": [h["loss"] for h in run["history"]],
+                 "result": run["result"]}
+    torch.save(saved, out / f"rank{dist.get_rank()}.pt")
+    dist.destroy_process_group()
+    sys.exit(0)
+
 data = make_tiny_data()
-method = mode.removesuffix("-resume")
-cfg = smoke(method, "run")
+method, *flags = mode.split("-")
+cfg = smoke(method, "run", **({"parallel": "fsdp"} if "fsdp" in flags else {}))
 torch.manual_seed(cfg.seed)  # train() starts from this seed: the initial weights
 initial = build_method(cfg).state_dict()
 run = train(cfg, data=data, show_progress=False)
 rank = dist.get_rank()
-saved = {"state": run["method"].state_dict(), "losses": [h["loss"] for h in run["history"]],
+saved = {"state": full_state(run["method"]), "losses": [h["loss"] for h in run["history"]],
          "world": dist.get_world_size(), "rank_state": run["method"].rank_state(), "result": run["result"],
          "initial": initial}
-if mode.endswith("-resume"):
-    cfg = smoke(method, "split")
+if "resume" in flags:
+    cfg = smoke(method, "split", parallel=cfg.parallel)
     first = train(cfg, data=data, stop_after=2, show_progress=False)
     assert first["result"] is None
     resumed = train(cfg, data=data, show_progress=False)
-    saved["resumed_state"] = resumed["method"].state_dict()
+    saved["resumed_state"] = full_state(resumed["method"])
     saved["resumed_rank_state"] = resumed["method"].rank_state()
     saved["resumed_losses"] = [h["loss"] for h in resumed["history"]]
 if mode == "ibot":

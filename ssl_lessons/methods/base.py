@@ -11,6 +11,8 @@ The loop calls, every step:
     method.set_global_size(size)                          # only when a run's high-resolution phase begins
     method.before_step(progress)                          # e.g. set this step's teacher temperature
     crops = method.make_views(images_uint8, generator)    # a crops.Crops: global and local crops, patch masks
+                                                          # (streamed data: crops come from DataLoader workers,
+                                                          #  then crops = method.complete_views(crops, generator))
     loss, logs = model(crops, diagnostics=log_now)        # model = method, or DDP(method); logs only if asked
     loss.backward(); optimizer.step()                     # on method.param_groups(): lr x multiplier, freezes
     method.after_step(progress)                           # e.g. update a momentum teacher
@@ -43,7 +45,13 @@ class Method(nn.Module):
 
     def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Crops:
         """(B, 3, H, W) uint8 -> this method's crops of the batch."""
-        return self.crops(images, generator)
+        return self.complete_views(self.crops(images, generator), generator)
+
+    def complete_views(self, crops: Crops, generator: torch.Generator | None = None) -> Crops:
+        """What a method adds to a batch's crops beyond their pixels (iBOT's patch masks), on the crops' device;
+        nothing unless a method says otherwise. The pixels may come from make_views or from the streaming loader's
+        workers (streaming.py), whose crops the loop completes here."""
+        return crops
 
     def set_global_size(self, size: int) -> None:
         """Make the global crops `size` px from now on (the loop's high-resolution phase, DINOv2 sec. 4); a ViT

@@ -57,8 +57,9 @@ class BYOL(Method):
                           if recipe.use_predictor else nn.Identity())
         self.target = make_teacher(self.online_encoder)
         scale = (recipe.crop_scale_min, 1.0)
-        self.crops = MultiCrop([ViewAugment(image_size, scale, BYOL_JITTER, solarize_p=0.0),
-                                ViewAugment(image_size, scale, BYOL_JITTER, solarize_p=0.2)])
+        # BYOL Table 6: blur p = 1.0 / 0.1, solarization p = 0 / 0.2 in the two views
+        self.crops = MultiCrop([ViewAugment(image_size, scale, BYOL_JITTER, solarize_p=0.0, blur_p=1.0),
+                                ViewAugment(image_size, scale, BYOL_JITTER, solarize_p=0.2, blur_p=0.1)])
 
     @property
     def online_encoder(self) -> nn.ModuleDict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..augment import BYOL_JITTER
+from ..augment import DINO_GLOBAL_VIEWS, DINO_LOCAL_VIEW
 from ..config import require
 from ..crops import MultiCropRecipe
 from ..heads import DINOHead
@@ -72,6 +72,16 @@ class DINO(Method):
         "cifar10-laptop": dict(epochs=1.6, teacher_momentum=0.99, out_dim=4096, hidden_dim=1024,
                                freeze_last_layer=0.05, teacher_temp=0.04),
         "smoke": dict(n_local_crops=2, out_dim=64, hidden_dim=64, bottleneck_dim=32),
+        # main_dino.py's defaults (the README's vanilla run: `--arch deit_small`, i.e. ViT-S/16, 100 epochs on one node
+        # of 8 GPUs, batch_size_per_gpu 64, 1.75 days: 69.3 % k-NN, ~73.8 % linear): lr 0.0005 x batch/256, warmup 10,
+        # teacher temperature 0.04 throughout (warmup_teacher_temp = teacher_temp = 0.04), momentum 0.996, K = 65536,
+        # last layer frozen for 1 epoch, drop path 0.1, 8 local crops of 96 px, global crops (0.4, 1), fp16 (amp)
+        "imagenet-vits16-dino": dict(image_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+                                     epochs=100.0, batch_size=512, lr=5e-4, warmup=0.1, min_lr=1e-6, clip_grad=3.0,
+                                     drop_path_rate=0.1, out_dim=65536, hidden_dim=2048, bottleneck_dim=256,
+                                     teacher_temp=0.04, teacher_temp_start=0.04, teacher_temp_warmup=0.0,
+                                     teacher_momentum=0.996, freeze_last_layer=0.01, n_local_crops=8, local_size=96,
+                                     global_scale_min=0.4, local_scale_min=0.05, parallel="ddp"),
     }
 
     def __init__(self, backbone, recipe: DINORecipe = DINORecipe(), image_size: int = 32):
@@ -83,8 +93,7 @@ class DINO(Method):
         self.teacher = make_teacher(self.student)
         self.loss = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum,
                              self.centering_mode if recipe.centering else "none")
-        self.crops = recipe.multicrop(image_size, [dict(jitter=BYOL_JITTER), dict(jitter=BYOL_JITTER, solarize_p=0.2)],
-                                      jitter=BYOL_JITTER)
+        self.crops = recipe.multicrop(image_size, DINO_GLOBAL_VIEWS, **DINO_LOCAL_VIEW)
         self.teacher_temp_schedule = dict(start=recipe.teacher_temp_start, end=recipe.teacher_temp,
                                           warmup=recipe.teacher_temp_warmup)
         self.teacher_temp = teacher_temperature(0.0, **self.teacher_temp_schedule)

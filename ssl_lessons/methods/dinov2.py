@@ -79,6 +79,21 @@ class DINOv2(iBOT):
                                highres_fraction=0.1, layerscale_init=0.1),
         "smoke": dict(n_local_crops=2, out_dim=64, hidden_dim=64, bottleneck_dim=32, drop_path_rate=0.0,
                       highres_size=48, highres_fraction=0.25),
+        # dinov2/configs/train/vitl14.yaml over ssl_default_config.yaml. Its "epoch" is OFFICIAL_EPOCH_LENGTH = 1250
+        # iterations: 500 of them at 32 per GPU x 32 GPUs (batch 1024) are 500 passes over ImageNet-1k's 1.28 M.
+        # K = 131072 for both heads, bottleneck 384 (vitl14 sets it for the DINO head; the iBOT head's default is
+        # 256: one bottleneck_dim serves both here), base lr 2e-4 at batch 1024 (sqrt rule), warmup 80 of 500,
+        # weight decay 0.04 -> 0.2, no layer-wise decay, momentum 0.994, drop path 0.4, teacher temperature 0.04 ->
+        # 0.07 over 30 of 500, last layer frozen 1 of 500, local crops 98 px. The released ViT-L/14 uses an MLP
+        # block (hubconf), not vitl14.yaml's swiglufused. FSDP, sequence packing and efficient stochastic depth, as
+        # dinov2 trains it (its xformers kernels are SDPA here).
+        "imagenet-vitl14-dinov2": dict(image_size=224, patch_size=14, embed_dim=1024, depth=24, num_heads=16,
+                                       epochs=500.0, batch_size=1024, lr=2e-4, warmup=0.16, weight_decay_end=0.2,
+                                       drop_path_rate=0.4, layer_decay=1.0, teacher_momentum=0.994,
+                                       out_dim=131072, patch_out_dim=131072, hidden_dim=2048, bottleneck_dim=384,
+                                       teacher_temp=0.07, teacher_temp_start=0.04, teacher_temp_warmup=0.06,
+                                       freeze_last_layer=0.002, n_local_crops=8, local_size=98, parallel="fsdp",
+                                       sequence_packing=True, efficient_drop_path=True),
     }
 
     def __init__(self, backbone, recipe: DINOv2Recipe = DINOv2Recipe(), image_size: int = 32):

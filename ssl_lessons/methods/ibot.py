@@ -81,9 +81,8 @@ class iBOT(DINO):
             parts["patch_head"] = self.patch_head
         return nn.ModuleDict(parts)
 
-    def make_views(self, images, generator=None):
-        crops = self.crops(images, generator)
-        crops.masks = self.masker(len(crops.global_crops), generator).to(images.device)  # (G*B, N)
+    def complete_views(self, crops, generator=None):
+        crops.masks = self.masker(len(crops.global_crops), generator).to(crops.global_crops.device)  # (G*B, N)
         return crops
 
     def forward(self, crops, diagnostics=False):

@@ -44,7 +44,8 @@ class SimCLR(Method):
         self.recipe = recipe
         self.backbone = backbone
         self.head = ProjectionMLP(backbone.embed_dim, recipe.proj_hidden_dim, recipe.proj_dim)
-        view = ViewAugment(image_size, (recipe.crop_scale_min, 1.0), simclr_jitter(recipe.jitter_strength))
+        view = ViewAugment(image_size, (recipe.crop_scale_min, 1.0), simclr_jitter(recipe.jitter_strength),
+                           blur_p=0.5)  # App. A: blur on half the images (full resolution only)
         self.crops = MultiCrop([view, view])
 
     def forward(self, crops, diagnostics=False):

@@ -73,7 +73,8 @@ class SwAV(Method):
         self.projector = ProjectionMLP(backbone.embed_dim, recipe.proj_hidden_dim, recipe.proj_dim)
         self.prototypes = nn.Linear(recipe.proj_dim, recipe.num_prototypes, bias=False)
         jitter = simclr_jitter(recipe.jitter_strength)
-        self.crops = recipe.multicrop(image_size, [dict(jitter=jitter)] * 2, jitter=jitter)
+        # main_swav.py: PILRandomGaussianBlur (p = 0.5) on every crop (full resolution only)
+        self.crops = recipe.multicrop(image_size, [dict(jitter=jitter, blur_p=0.5)] * 2, jitter=jitter, blur_p=0.5)
         self.queue: torch.Tensor | None = None  # (n_global, rank's length, proj_dim), made at queue_start
         self.queue_in_use = False               # main_swav.py's use_the_queue
         self.queue_started = False
