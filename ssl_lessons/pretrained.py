@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_save, load_checkpoint
+from .checkpoint import atomic_save, load_checkpoint, run_checkpoint
 from .config import Config, config_from_dict, config_to_dict, flat_config, train_command
 from .errors import CheckpointError, ConfigError
 
@@ -34,7 +34,7 @@ def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, 
     if not result_path.exists():
         raise FileNotFoundError(f"{result_path} does not exist: finish the run first (the same train command "
                                 "resumes it), then export it")
-    ckpt = load_checkpoint(Path(out_dir) / "checkpoint.pt")
+    ckpt = load_checkpoint(run_checkpoint(out_dir))  # checkpoint.pt, or a sharded checkpoint/ consolidated
     result = json.loads(result_path.read_text())
     if result.get("steps") != ckpt["step"]:
         raise CheckpointError(f"{out_dir}: results.json is of step {result.get('steps')} but the checkpoint of step "

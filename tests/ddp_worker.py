@@ -3,7 +3,7 @@ to OUT/rank<r>.pt. MODE is a method name (a few smoke steps of training; SwAV wi
 (stopped after 2 steps and resumed, beside an uninterrupted run), "sinkhorn" (codes of this rank's rows of one
 global score matrix, the ranks holding different numbers of rows), "sinkhorn-patches" (DINOv2's patch targets
 from uneven numbers of masked tokens), "<method>-fsdp[-resume]" (the same with parallel=fsdp), "engine-<method>-
-<ddp|fsdp>[-nokoleo]" (three optimizer steps on the same global crops, each rank taking its share; also run at one
+<ddp|fsdp>[-nokoleo][-ac]" (three optimizer steps on the same global crops, each rank taking its share; also run at one
 process), "fsdp-save" (a sharded checkpoint at step 2 of 4) or "fsdp-load" (resume that checkpoint: the state as
 loaded, then the rest of the run)."""
 import sys
@@ -81,7 +81,7 @@ if mode.startswith("engine-"):
     cfg = smoke(method, "engine", parallel=parallel, **extra)
     torch.manual_seed(cfg.seed)
     module = build_method(cfg)
-    model = wrap(module, parallel, world, torch.device("cpu"))
+    model = wrap(module, parallel, world, torch.device("cpu"), activation_checkpointing="ac" in flags)
     # SGD, not the loop's AdamW: AdamW divides each gradient by its own running scale, so a gradient that is zero in
     # exact arithmetic (the attention keys' bias: softmax ignores a shift) but 1e-10 of rounding noise moves its
     # weight by a whole lr step either way, depending on the summation order. SGD keeps rounding noise at rounding size.

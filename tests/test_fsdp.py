@@ -35,6 +35,40 @@ def assert_same_run(a: dict, b: dict) -> None:
         assert torch.allclose(tensor, b["state"][name], atol=WEIGHT_ATOL), name
 
 
+def test_activation_checkpointing_recomputes_the_same_gradients_and_keeps_the_names():
+    from ssl_lessons.parallel import checkpoint_activations
+    from ssl_lessons.methods import build_method
+    cfg = make_config("smoke", {"method": "dino"})
+    torch.manual_seed(0)
+    plain = build_method(cfg)
+    recomputed = build_method(cfg)
+    recomputed.load_state_dict(plain.state_dict())
+    checkpoint_activations(recomputed)
+    assert list(dict(recomputed.named_parameters())) == list(dict(plain.named_parameters()))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    losses, calls = [], []
+    for method in (plain, recomputed):
+        runs, layer = [], method.backbone.vit.blocks[0].mlp.fc1
+        original = layer.forward
+        layer.forward = lambda x: runs.append(1) or original(x)  # counts recomputation too (hooks are off then)
+        loss, _ = method(method.make_views(images, torch.Generator().manual_seed(0)))
+        forward_calls = len(runs)
+        loss.backward()
+        losses.append(loss.item())
+        calls.append((forward_calls, len(runs)))
+    assert losses[0] == losses[1]
+    assert calls[0][1] == calls[0][0] and calls[1][1] == 2 * calls[1][0]  # backward ran the student block again
+    for (name, p), q in zip(plain.named_parameters(), recomputed.parameters()):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+def test_fsdp_with_activation_checkpointing_at_two_processes_equals_one_process(tmp_path):
+    (one,) = run_worker(tmp_path / "one", "engine-dino-ddp", 1)
+    for r in run_worker(tmp_path / "fsdp", "engine-dino-fsdp-ac", 2):
+        assert_same_run(r, one)
+
+
 @pytest.mark.parametrize("method", ["dino", "dinov2"])
 def test_ddp_and_fsdp_at_two_processes_equal_one_process_on_the_same_global_batch(tmp_path, method):
     # DINOv2's KoLeo is computed within each rank's batch (as dinov2 does), so it is off for the comparison with one
@@ -146,3 +180,19 @@ def test_parallel_cannot_change_on_resume(tmp_path):
     train(make_config("smoke", common), data=make_tiny_data(), stop_after=1, show_progress=False)
     with pytest.raises(CheckpointError, match="parallel=ddp"):
         train(make_config("smoke", {**common, "parallel": "fsdp"}), data=make_tiny_data(), show_progress=False)
+
+
+def test_a_sharded_run_exports_its_backbone_as_a_single_file(tmp_path):
+    from conftest import make_tiny_data
+
+    from ssl_lessons.pretrained import export_backbone, load_backbone_and_heads
+    cfg = make_config("smoke", {"method": "dino", "out_dir": str(tmp_path / "run"), "parallel": "fsdp",
+                                "knn_every": 0.0, "linear_probe": False, "knn_bank": 256, "epochs": 1.0,
+                                "batch_size": 64})
+    run = train(cfg, data=make_tiny_data(), show_progress=False)
+    path = export_backbone(tmp_path / "run", "sharded-dino", directory=tmp_path)
+    backbone, heads, record = load_backbone_and_heads(path)
+    trained = run["method"].eval_backbone.state_dict()
+    for name, tensor in backbone.state_dict().items():
+        assert torch.allclose(tensor, trained[name].half().float(), atol=0), name  # the fp16 copy of the teacher
+    assert record["result"]["steps"] == 4 and "head" in heads

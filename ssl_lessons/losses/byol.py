@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """prediction, target: (B, D). Mean over the batch of 2 - 2 cos; gradients flow into prediction only."""
-    return (2 - 2 * F.cosine_similarity(prediction, target.detach(), dim=1)).mean()
+    return (2 - 2 * F.cosine_similarity(prediction.float(), target.detach().float(), dim=1)).mean()  # in fp32
 
 
 def symmetric_byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

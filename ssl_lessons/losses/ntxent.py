@@ -18,7 +18,7 @@ import torch.nn.functional as F
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """z1, z2: (N, D) projections of the two views, row i of each from image i. Returns the scalar loss L."""
     n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)            # (2N, D)
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)    # (2N, D), fp32 whatever the compute precision
     logits = z @ z.T / temperature                         # (2N, 2N) cosine similarities / tau
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_mask, float("-inf"))  # an anchor is not its own negative

@@ -25,5 +25,6 @@ def swapped_prediction_loss(scores: list[torch.Tensor], codes: list[torch.Tensor
     total = 0.0
     for t, q in enumerate(codes):
         others = [s for v, s in enumerate(scores) if v != t]
-        total = total + sum(-(q * F.log_softmax(s / temperature, dim=1)).sum(dim=1).mean() for s in others) / len(others)
+        total = total + sum(-(q * F.log_softmax(s.float() / temperature, dim=1)).sum(dim=1).mean()
+                            for s in others) / len(others)  # in fp32, whatever the compute precision
     return total / len(codes)
