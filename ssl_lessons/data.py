@@ -103,6 +103,15 @@ def _named_source(source) -> Path:
     return path
 
 
+def _tree_root(dataset) -> Path:
+    """The folder an ImageFolder `dataset` names; it must exist."""
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset {path} does not exist. Set dataset to an ImageFolder tree: train/<class>/<image> "
+                        "and val/<class>/<image> (or test/), e.g. --set dataset=/datasets/imagenet")
+    return path
+
+
 def load_cifar10(source: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                  download: bool = True) -> ImageData:
     """CIFAR-10 as uint8 tensors. Where from, in this order:
@@ -138,7 +147,7 @@ def load_cifar10(source: str | os.PathLike | None = None, data_dir: str | os.Pat
 def load_image_folder(root: str | os.PathLike, image_size: int, data_dir: str | os.PathLike | None = None) -> ImageData:
     """Any ImageFolder tree with train/ and test/ (the ImageNet layout), resized to image_size and cached under a
     name that identifies the tree (path, file sizes and dates) and the size."""
-    root = _named_source(root)
+    root = _tree_root(root)
     identity = source_identity(root)
     cache = Path(data_dir or DATA_DIR) / cache_name(identity, image_size, root.name.split(".")[0])
     if cache.exists():
@@ -156,7 +165,7 @@ def load_dataset(cfg) -> ImageData:
         data = load_cifar10(cfg.data_source or None)
     elif uses_streaming(cfg):
         from .streaming import StreamingImages
-        data = StreamingImages(_named_source(cfg.dataset), eval_size=cfg.image_size, workers=cfg.workers)
+        data = StreamingImages(_tree_root(cfg.dataset), eval_size=cfg.image_size, workers=cfg.workers)
     else:
         data = load_image_folder(cfg.dataset, cfg.image_size)
     return data.subset(cfg.train_subset, cfg.test_subset, seed=0)
@@ -173,7 +182,7 @@ def uses_streaming(cfg) -> bool:
     if cfg.data_loading == "stream":
         return True
     from .streaming import MEMORY_CACHE_LIMIT_GB, cache_bytes
-    return cache_bytes(_named_source(cfg.dataset), cfg.image_size) > MEMORY_CACHE_LIMIT_GB * 1e9
+    return cache_bytes(_tree_root(cfg.dataset), cfg.image_size) > MEMORY_CACHE_LIMIT_GB * 1e9
 
 
 def dataset_key(cfg) -> str:
@@ -183,7 +192,7 @@ def dataset_key(cfg) -> str:
         if not cfg.data_source:
             return "cifar10"
         return cache_name(source_identity(_named_source(cfg.data_source)), 32, "cifar10")[:-3]
-    root = _named_source(cfg.dataset)
+    root = _tree_root(cfg.dataset)
     return cache_name(source_identity(root), cfg.image_size, root.name.split(".")[0])[:-3]
 
 

@@ -154,3 +154,10 @@ def test_a_streamed_run_trains_evaluates_and_resumes_exactly(tree, tmp_path):
     resumed = train(split_cfg, show_progress=False)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
     assert resumed["result"]["knn_top1"] == whole["result"]["knn_top1"]
+
+
+def test_a_missing_tree_is_named_with_the_layout_it_should_have(tmp_path):
+    for loading in ("memory", "stream", "auto"):
+        cfg = make_config("smoke", {"method": "dino", "dataset": str(tmp_path / "nowhere"), "data_loading": loading})
+        with pytest.raises(DataError, match="dataset .*nowhere does not exist.*train/<class>"):
+            load_dataset(cfg)
