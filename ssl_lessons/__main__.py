@@ -121,9 +121,8 @@ def cmd_export_script(args):
 
 
 def cmd_bench(args):
-    from .bench import main as bench_main, stream_rate, tricks
+    from .bench import main as bench_main, stream_rate, synthetic_data, tricks
     cfg = _config(args)
-    from .bench import synthetic_data
     data = synthetic_data(cfg) if args.synthetic else None
     if args.tricks:
         tricks(cfg, steps=args.steps, data=data)

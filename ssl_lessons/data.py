@@ -103,6 +103,11 @@ def _named_source(source) -> Path:
     return path
 
 
+def held_out_split(root: Path) -> Path | None:
+    """The held-out images of an ImageFolder tree: root/test, else root/val (ImageNet's name); None if neither."""
+    return next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+
+
 def _tree_root(dataset) -> Path:
     """The folder an ImageFolder `dataset` names; it must exist."""
     path = Path(dataset).expanduser()
@@ -209,8 +214,7 @@ def read_image_source(path: Path, image_size: int) -> ImageData:
     batches = next((p for p in (path, path / "cifar-10-batches-py") if (p / "data_batch_1").exists()), None)
     if batches is not None:
         return _read_cifar_batches(batches)
-    held_out = "val" if (path / "val").is_dir() and not (path / "test").is_dir() else "test"  # ImageNet: val/
-    splits = {"train": path / "train", "test": path / held_out}
+    splits = {"train": path / "train", "test": held_out_split(path) or path / "test"}
     missing = [p.name for p in splits.values() if not p.is_dir()]
     if missing:
         raise DataError(f"{path} has no {' or '.join(missing)}/ folder. Expected {path}/train/<class>/*.jpg and "
@@ -270,14 +274,21 @@ def _decode_splits(blobs: dict, image_size: int, origin: str) -> ImageData:
     return ImageData(*out, classes)
 
 
-def _decode(data: bytes, name: str, image_size: int) -> torch.Tensor:
+def decode_bytes(data: bytes | torch.Tensor, name: str) -> torch.Tensor:
+    """An image file's bytes -> (3, H, W) uint8 RGB; corrupt or empty bytes raise DataError naming the file. The one
+    decoder of the cache (below) and of the streaming loader (streaming.py)."""
     try:
-        if not data:
+        if len(data) == 0:
             raise ValueError("the file is empty")
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_image(raw, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError) as e:
         raise DataError(f"could not decode image {name} ({first_line(e)}). The file is corrupt or not an image: "
                         "replace or delete it, then run again.") from None
+
+
+def _decode(data: bytes, name: str, image_size: int) -> torch.Tensor:
+    image = decode_bytes(data, name)
     if image.shape[-2:] != (image_size, image_size):
         image = TF.center_crop(TF.resize(image, image_size, antialias=True), [image_size, image_size])
     return image

@@ -92,6 +92,15 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def own_share(n: int) -> list[int]:
+    """This rank's positions among n items split into equal contiguous shares, the last share padded with position 0
+    so that every rank makes the same number of forward passes (a sharded model's collectives must line up).
+    all_gather_rows of the results, cut to n, is the n items' results in order."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    per_rank = -(-n // world)
+    return [i if i < n else 0 for i in range(rank * per_rank, (rank + 1) * per_rank)]
+
+
 def all_gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects; tensors should be on the CPU)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

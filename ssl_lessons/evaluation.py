@@ -26,15 +26,11 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 5
 
     Under torchrun every rank takes part (a collective, as a sharded model needs): each embeds an equal slice of
     the images and the slices are gathered, so every rank returns all N features."""
-    rank, world = distributed.rank(), distributed.world_size()
-    per_rank = -(-len(images) // world)
-    own = images[rank * per_rank:(rank + 1) * per_rank]
-    if len(own) < per_rank:  # the last ranks pad with copies of the first image; the padding is cut below
-        own = torch.cat([own, images[:1].expand(per_rank - len(own), *images.shape[1:])])
+    own = images[torch.tensor(distributed.own_share(len(images)))]
     out = []
     with feature_mode(model):
-        for start in tqdm(range(0, per_rank, batch_size), desc=desc, leave=False, mininterval=1.0,
-                          disable=rank != 0):
+        for start in tqdm(range(0, len(own), batch_size), desc=desc, leave=False, mininterval=1.0,
+                          disable=not distributed.is_main()):
             batch = normalize(own[start:start + batch_size].to(device))
             out.append(model(batch).float())
     return distributed.all_gather_rows(torch.cat(out)).cpu()[:len(images)]

@@ -18,33 +18,25 @@ Each epoch is a `DistributedSampler` permutation, every image once per epoch acr
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import read_file
+from tqdm.auto import tqdm
 
 from .crops import Crops, MultiCrop
-from .data import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD
+from .data import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, decode_bytes, held_out_split
 from .errors import DataError, first_line
 
 MEMORY_CACHE_LIMIT_GB = 8.0   # data_loading=auto streams a tree whose uint8 cache at image_size would be larger
-TEST_SPLITS = ("val", "test")
 
 
 def decode_file(path: str) -> torch.Tensor:
     """An image file -> (3, H, W) uint8 RGB; a corrupt or empty file raises DataError naming it."""
-    try:
-        data = read_file(path)
-        if data.numel() == 0:
-            raise ValueError("the file is empty")
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        raise DataError(f"could not decode image {path} ({first_line(e)}). The file is corrupt or not an image: "
-                        "replace or delete it, then run again.") from None
+    return decode_bytes(read_file(path), path)
 
 
 def image_folder(root: Path) -> ImageFolder:
@@ -156,14 +148,14 @@ class StreamingImages:
                  train_indices: list[int] | None = None, test_indices: list[int] | None = None):
         self.root = Path(root)
         self.train_folder = image_folder(self.root / "train")
-        test_split = next((s for s in TEST_SPLITS if (self.root / s).is_dir()), None)
-        if test_split is None:
+        held_out = held_out_split(self.root)
+        if held_out is None:
             raise DataError(f"{self.root} has no val/ or test/ folder beside train/: the k-NN and the linear probe "
                             "need held-out images in the same <class>/<image> layout")
-        self.test_folder = image_folder(self.root / test_split)
+        self.test_folder = image_folder(held_out)
         unknown = sorted(set(self.test_folder.classes) - set(self.train_folder.classes))
         if unknown:
-            raise DataError(f"{self.root / test_split}: classes {unknown} do not appear in train/; move or delete "
+            raise DataError(f"{held_out}: classes {unknown} do not appear in train/; move or delete "
                             "those folders")
         self.classes, self.eval_size, self.workers = self.train_folder.classes, eval_size, workers
         index = self.train_folder.class_to_idx
@@ -208,22 +200,20 @@ class StreamingImages:
     @torch.no_grad()
     def stream_features(self, model: torch.nn.Module, split: str, batch_size: int, device, desc: str = "features"
                         ) -> torch.Tensor:
-        """(N, D) features of a split's evaluation images on every rank: each rank embeds an equal share (padded
-        with repeats, so a sharded model's collectives line up), then the shares are gathered and the padding cut."""
+        """(N, D) features of a split's evaluation images on every rank: each rank embeds its equal share
+        (distributed.own_share, as evaluation.extract_features), then the shares are gathered in order."""
         from . import distributed
         from .evaluation import feature_mode
         folder, indices = (self.train_folder, self.train_indices) if split == "train" else \
             (self.test_folder, self.test_indices)
-        rank, world = distributed.rank(), distributed.world_size()
-        per_rank = math.ceil(len(indices) / world)
-        own = [indices[(rank + world * i) % len(indices)] for i in range(per_rank)]  # rank r: r, r + W, ...
+        own = [indices[i] for i in distributed.own_share(len(indices))]
         loader = DataLoader(_EvalImages(folder, own, self.eval_size), batch_size=batch_size,
                             num_workers=self.workers, pin_memory=torch.device(device).type == "cuda")
         with feature_mode(model):
-            out = [model(images.to(device, non_blocking=True)).float().cpu() for images, _ in loader]
-        gathered = distributed.all_gather_rows(torch.cat(out).to(device)).cpu()  # rank-major: (W * per_rank, D)
-        interleaved = gathered.view(world, per_rank, -1).transpose(0, 1).reshape(world * per_rank, -1)
-        return interleaved[:len(indices)]  # position r + W i holds image r + W i again
+            out = [model(images.to(device, non_blocking=True)).float()
+                   for images, _ in tqdm(loader, desc=desc, leave=False, mininterval=1.0,
+                                         disable=not distributed.is_main())]
+        return distributed.all_gather_rows(torch.cat(out)).cpu()[:len(indices)]
 
 
 def cache_bytes(root: str | os.PathLike, image_size: int) -> int:
