@@ -9,7 +9,31 @@ import sys
 import time
 
 from .config import PRESETS, apply_overrides, make_config, parse_set_args
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, user_message
+
+# The studies train several short runs of the CIFAR-10 recipes; the ImageNet presets are not for them.
+STUDY_PRESETS = [name for name in PRESETS if not name.startswith("imagenet-")]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (it prints the whole usage block before the cause)."""
+
+    def error(self, message):
+        print(f"error: {message} ({self.prog} --help lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
+def count(minimum: int):
+    """An argparse type: an integer >= minimum, or a one-line error that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _config(args):
@@ -101,17 +125,19 @@ def cmd_ablation(args):
 
 
 def cmd_export(args):
-    from .pretrained import export_backbone
+    from .pretrained import PRETRAINED_DIR, export_backbone
     from .train import run_dir
     cfg = _config(args)
-    path = export_backbone(run_dir(cfg), args.name, expected=cfg)
+    path = export_backbone(run_dir(cfg), args.name, directory=args.out or PRETRAINED_DIR, expected=cfg,
+                           overwrite=args.overwrite)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def cmd_export_script(args):
     from .launch import export_script
     cfg = _config(args)
-    paths = export_script(cfg, args.out, nodes=args.nodes, gpus_per_node=args.gpus_per_node, hours=args.hours)
+    paths = export_script(cfg, args.out, nodes=args.nodes, gpus_per_node=args.gpus_per_node, hours=args.hours,
+                          overwrite=args.overwrite)
     world = args.nodes * args.gpus_per_node
     print(f"{cfg.method} ({cfg.preset}) for {args.nodes} x {args.gpus_per_node} = {world} processes, global batch "
           f"{cfg.batch_size} ({cfg.batch_size // world} per process), parallel={cfg.parallel}:")
@@ -133,7 +159,7 @@ def cmd_bench(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ssl_lessons", description=__doc__)
+    parser = Parser(prog="python -m ssl_lessons", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -150,7 +176,7 @@ def main(argv=None):
     p.add_argument("--allow-change", nargs="+", metavar="KEY",
                    help="resume a checkpoint with new values of these fields (e.g. lr after a NaN); recorded in "
                         "the checkpoint and results.json")
-    p.add_argument("--stop-after", type=int, metavar="STEPS",
+    p.add_argument("--stop-after", type=count(1), metavar="STEPS",
                    help="stop after this many steps in all (with a checkpoint), as a job's time limit would; the "
                         "same command without it resumes")
     p.add_argument("--config", help="a saved config (export-script's config.json) instead of --method/--preset; "
@@ -166,35 +192,38 @@ def main(argv=None):
     p.set_defaults(func=cmd_prepare_data)
     p = sub.add_parser("collapse-study", help="lesson 2: BYOL without its predictor or momentum target; "
                                               "lesson 4 (--method dino): DINO without centering or sharpening")
-    p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS))
+    p.add_argument("--preset", default="cifar10-laptop", choices=STUDY_PRESETS)
     p.add_argument("--method", default="byol", choices=["byol", "dino"])
     p.set_defaults(func=cmd_collapse_study)
     p = sub.add_parser("ablation", help="lesson 6: DINOv2's recipe against itself without KoLeo, with EMA "
                                         "centering, with a shared head, and with 4 registers")
-    p.add_argument("--preset", default="cifar10-laptop", choices=list(PRESETS))
+    p.add_argument("--preset", default="cifar10-laptop", choices=STUDY_PRESETS)
     p.set_defaults(func=cmd_ablation)
     p = sub.add_parser("export", help="save a finished run's evaluated backbone in fp16 to data/pretrained/NAME.pt")
     common(p)
     p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the backbone's name: data/pretrained/NAME.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing backbone of that name")
+    p.add_argument("--out", help="the folder to write NAME.pt into (default data/pretrained)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("export-script", help="write a run's config, a torchrun launcher and a SLURM script for "
                                               "many GPUs (lesson 7)")
     common(p)
     p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--hours", type=int, default=24, help="the SLURM job's time limit")
+    p.add_argument("--nodes", type=count(1), default=1)
+    p.add_argument("--gpus-per-node", type=count(1), default=8)
+    p.add_argument("--hours", type=count(1), default=24, help="the SLURM job's time limit in hours")
     p.add_argument("--out", required=True, help="folder for config.json, launch.sh and job.sbatch")
+    p.add_argument("--overwrite", action="store_true", help="replace those files where --out has them already")
     p.set_defaults(func=cmd_export_script)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
     common(p)
     p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=count(1), default=20)
     p.add_argument("--tricks", action="store_true", help="DINOv2's sequence packing and efficient stochastic depth, "
                                                         "each on and off (lesson 7)")
     p.add_argument("--stream", metavar="DIR", help="the streaming loader's images/s on this ImageFolder tree")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --stream")
+    p.add_argument("--workers", type=count(0), default=2, help="DataLoader workers for --stream")
     p.add_argument("--synthetic", action="store_true", help="random images at image_size instead of the dataset "
                                                             "(speed only; with --tricks)")
     p.set_defaults(func=cmd_bench)
@@ -203,7 +232,7 @@ def main(argv=None):
     try:
         args.func(args)
     except (UserError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("\ninterrupted: the last checkpoint is intact; the same command resumes from it", file=sys.stderr)

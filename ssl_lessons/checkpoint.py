@@ -17,21 +17,38 @@ shards, in parallel:
 A step folder counts only once `latest` names it, so a save killed half-way leaves the previous checkpoint in
 charge (its leftovers are removed by the next save). DCP stores each tensor with its place in the whole, so a run
 at any other number of processes can load it (resharding), and so can one process without torchrun
-(`load_checkpoint` consolidates it for export and the notebooks).
+(`load_checkpoint` consolidates it for export and the notebooks). DCP's own reader unpickles `.metadata` and the
+non-tensor values (the optimizer's param_groups) with plain pickle, which runs any code a planted file names; here both
+are read by unpicklers that admit only the types DCP writes (SafeReader, SafeLoadPlanner), as weights_only=True does
+for the tensors.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import pickle
 import shutil
+import socket
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+try:
+    import fcntl  # POSIX; on Windows no run folder is locked
+except ImportError:
+    fcntl = None
 
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+from . import distributed
 from .errors import CheckpointError, first_line
 
 SHARDED_CHECKPOINT = "checkpoint"
@@ -94,8 +111,43 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise CheckpointError(f"{path} is unreadable or not a file this code wrote ({first_line(e)}); delete it "
+        raise CheckpointError(f"{path} is unreadable or not a file this code wrote ({_load_failure(e)}); delete it "
                               "(or choose another out_dir) to start afresh") from None
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load refused a file, in a few words: a weights-only refusal comes with torch's advice to load it
+    with weights_only=False, which is exactly what must not be done with a file of unknown origin."""
+    if "Weights only load failed" in str(error):
+        return "it holds objects other than tensors and plain values, which are not loaded so that no code runs"
+    return first_line(error)
+
+
+@contextmanager
+def run_lock(out_dir: str | os.PathLike):
+    """Hold the run folder for one run: a second run started in the same out_dir (another terminal, a notebook) is
+    refused instead of overwriting this one's checkpoint and results. The lock is the operating system's (flock on
+    out_dir/.lock), so a killed run leaves none behind. Also the first check that out_dir can be written at all."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = os.fdopen(os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666), "r+")
+    except OSError as e:
+        raise CheckpointError(f"cannot write into out_dir {out_dir} ({e.strerror or e}); choose another out_dir") \
+            from None
+    with handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = handle.read().strip() or "another process"
+                raise CheckpointError(f"another run is using {out_dir} ({holder}); wait for it to finish, or choose "
+                                      "another out_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
 
 
 @contextmanager
@@ -127,17 +179,13 @@ def _latest(folder: Path) -> Path:
 
 def sharded_meta(folder: Path) -> dict:
     """What a sharded checkpoint says of itself (config, step, history, world, ...), without reading its tensors."""
-    return json.loads((_latest(folder) / "meta.json").read_text())
+    return _read_meta(_latest(folder))
 
 
 def save_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict,
                  rank_state: dict) -> None:
     """Collective: every rank writes its shards of the model and optimizer (DCP) and its own rank_state; rank 0 writes
     meta.json, then switches `latest` to the new step folder and removes the others."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    from . import distributed
     rank, world = distributed.rank(), distributed.world_size()
     name = f"step-{meta['step']:07d}"
     target = folder / name
@@ -163,34 +211,107 @@ def load_sharded(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     """Load a sharded checkpoint into `model` and `optimizer` as they are now (sharded over any number of processes,
     or whole on one): DCP reads each rank's part of every tensor. Returns (meta, this rank's rank_state, or None when
     the checkpoint was written by another number of processes)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    from . import distributed
     target = _latest(folder)
-    meta = json.loads((target / "meta.json").read_text())
+    meta = _read_meta(target)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    try:
-        with _single_process_is_intended():
-            dcp.load(state, checkpoint_id=target, no_dist=distributed.world_size() == 1)
-    except Exception as e:
-        raise CheckpointError(f"{target} could not be loaded ({first_line(e)}); delete {folder} (or choose another "
-                              "out_dir) to start afresh") from None
+    _read_sharded(state, target, SafeLoadPlanner(), no_dist=distributed.world_size() == 1)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     own = None
     if meta["world"] == distributed.world_size():
-        own = load_checkpoint(target / f"rank-{distributed.rank()}.pt")
+        own_path = target / f"rank-{distributed.rank()}.pt"
+        if not own_path.exists():
+            raise CheckpointError(f"{own_path} is missing: the checkpoint in {folder} is incomplete; delete {folder} "
+                                  "(or choose another out_dir) to start afresh")
+        own = load_checkpoint(own_path)
     return meta, own
 
 
 def consolidate_sharded(folder: Path) -> dict:
     """A sharded checkpoint as one process sees it: meta.json's fields, "method" (the whole model state) and
-    "optimizer" (its state keyed by parameter name, as torch.distributed.checkpoint.state_dict has it); DCP's own
-    dcp_to_torch_save does the gathering."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    "optimizer" (its state keyed by parameter name, as torch.distributed.checkpoint.state_dict has it): every shard
+    read into one state dict, as DCP's dcp_to_torch_save does, with the safe reader."""
     target = _latest(folder)
-    with tempfile.TemporaryDirectory() as tmp, _single_process_is_intended():
-        dcp_to_torch_save(target, Path(tmp) / "whole.pt")
-        whole = load_checkpoint(Path(tmp) / "whole.pt")
-    return {**json.loads((target / "meta.json").read_text()), "method": whole["model"], "optimizer": whole["optimizer"]}
+    whole: dict = {}
+    _read_sharded(whole, target, SafeEmptyStateDictLoadPlanner(), no_dist=True)
+    return {**_read_meta(target), "method": whole["model"], "optimizer": whole["optimizer"]}
+
+
+class _DCPMetadataUnpickler(pickle.Unpickler):
+    """`.metadata` holds DCP's metadata dataclasses, torch.Size, dtypes, layouts and paths; any other global it names
+    (a function to call, as a planted file would) is refused."""
+    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+               ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+               ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+               ("pathlib", "PureWindowsPath")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED or (module == dcp_metadata.__name__ and name in vars(dcp_metadata)
+                                              and isinstance(vars(dcp_metadata)[name], type)):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's .metadata")
+
+
+class SafeReader(dcp.FileSystemReader):
+    """DCP's file reader, with `.metadata` read by _DCPMetadataUnpickler instead of pickle.load."""
+
+    def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
+        path = self._get_metadata_path(kwargs.get("rank"))
+        with self.fs.create_stream(path, "rb") as f:
+            metadata = _DCPMetadataUnpickler(f).load()
+        if not isinstance(metadata, dcp_metadata.Metadata):
+            raise pickle.UnpicklingError(f"{path} does not hold DCP metadata")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _WeightsOnlyBytes:
+    """DCP's planners read a checkpoint's non-tensor values with torch.load(weights_only=False); here each value is
+    first read with weights_only=True (plain types only) and refused if it holds anything else."""
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        torch.load(value, weights_only=True)  # raises on a pickled call or class
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
+class SafeLoadPlanner(_WeightsOnlyBytes, dcp.DefaultLoadPlanner):
+    """DCP's default planner (load into the state dict given), reading non-tensor values safely."""
+
+
+class SafeEmptyStateDictLoadPlanner(_WeightsOnlyBytes, _EmptyStateDictLoadPlanner):
+    """DCP's planner for reading a whole checkpoint into an empty state dict (as dcp_to_torch_save), read safely."""
+
+
+def _read_sharded(state: dict, target: Path, planner, no_dist: bool) -> None:
+    """dcp.load through the safe reader; anything wrong with the files (missing, truncated, planted) becomes one
+    CheckpointError. DCP reports a failed read as CheckpointException, a BaseException, hence the second class."""
+    try:
+        with _single_process_is_intended():
+            if state:  # into the state dict given (its tensors are filled in place)
+                dcp.load(state, storage_reader=SafeReader(target), planner=planner, no_dist=no_dist)
+            else:  # everything the checkpoint holds, into the empty dict (dcp.load would keep only known keys)
+                _load_state_dict(state, storage_reader=SafeReader(target), planner=planner, no_dist=no_dist)
+    except (Exception, CheckpointException) as e:
+        raise CheckpointError(f"{target} could not be loaded ({_failure(e)}); delete {target.parent} (or choose "
+                              "another out_dir) to start afresh") from None
+
+
+def _failure(error: BaseException) -> str:
+    """The first line of the cause: DCP wraps each rank's exception as (exception, traceback)."""
+    for wrapped in (getattr(error, "failures", None) or {}).values():
+        if isinstance(wrapped, tuple) and wrapped and isinstance(wrapped[0], BaseException):
+            return first_line(wrapped[0])
+    return first_line(error)
+
+
+def _read_meta(target: Path) -> dict:
+    try:
+        return json.loads((target / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{target / 'meta.json'} is unreadable ({first_line(e)}); delete {target.parent} (or "
+                              "choose another out_dir) to start afresh") from None

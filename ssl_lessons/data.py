@@ -281,7 +281,9 @@ def decode_bytes(data: bytes | torch.Tensor, name: str) -> torch.Tensor:
         if len(data) == 0:
             raise ValueError("the file is empty")
         raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return decode_image(raw, mode=ImageReadMode.RGB)
+        image = decode_image(raw, mode=ImageReadMode.RGB)
+        # a 16-bit PNG decodes to uint16: rescale it to 0-255 (a plain cast would keep the low byte, i.e. noise)
+        return image if image.dtype == torch.uint8 else TF.to_dtype(image, torch.uint8, scale=True)
     except (RuntimeError, ValueError) as e:
         raise DataError(f"could not decode image {name} ({first_line(e)}). The file is corrupt or not an image: "
                         "replace or delete it, then run again.") from None

@@ -26,3 +26,13 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (torch's weights-only and decoder errors run to many lines), for a
     one-line message that names the cause."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
+def user_message(error: BaseException) -> str:
+    """What the command line prints for an expected failure: its message, without the traceback that DataLoader
+    workers append when they re-raise an error in the main process ("Caught DataError in DataLoader worker ...")."""
+    text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]  # "ssl_lessons.errors.DataError: could not decode image ..."
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text

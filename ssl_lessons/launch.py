@@ -17,14 +17,16 @@ models; a sharded checkpoint resumes at any number of processes (checkpoint.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
-from .config import Config, config_from_dict, config_to_dict, flat_config, validate
-from .errors import ConfigError
+from .config import (Config, apply_overrides, base_preset, config_to_dict, general_fields, make_config,
+                     recipe_fields)
+from .errors import ConfigError, first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RDZV_PORT = 29500
@@ -38,23 +40,46 @@ def save_config(cfg: Config, path: str | os.PathLike) -> Path:
 
 
 def load_config_file(path: str | os.PathLike) -> Config:
-    """The Config a file written by save_config holds, checked as a command line's would be: an unknown key is an
-    error (not silently dropped), and the values are validated."""
+    """The Config a file written by save_config holds, checked as a command line's would be: every key of the file's
+    method and preset present, none unknown, every value of its field's JSON type (no quoted numbers, true/false for
+    switches), then validated."""
     path = Path(path)
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; write one with `python -m ssl_lessons export-script` "
                           "or launch.save_config(cfg, path)") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
-    cfg = config_from_dict(saved)
-    known = set(flat_config(cfg)) | {"recipe"}
-    unknown = sorted(set(saved) - known) + sorted(set(saved.get("recipe") or {}) - set(flat_config(cfg)))
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; name the config.json inside it") from None
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"config file {path} is not valid JSON ({first_line(e)})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("recipe"), dict):
+        raise ConfigError(f"config file {path} must hold a JSON object of settings with a \"recipe\" object inside, "
+                          "as export-script writes it")
+    method, preset = saved.get("method"), saved.get("preset")
+    if not isinstance(method, str) or not isinstance(preset, str):
+        raise ConfigError(f"config file {path} must name its \"method\" and \"preset\" as strings")
+    dataset = saved["dataset"] if isinstance(saved.get("dataset"), str) else "cifar10"  # ImageNet presets need one
+    reference = make_config(base_preset(preset), {"method": method, "dataset": dataset})
+    general, own = general_fields(), recipe_fields(reference.recipe)
+    values = {k: v for k, v in saved.items() if k not in ("method", "preset", "recipe")}
+    unknown = sorted(set(values) - set(general)) + sorted(f"recipe.{k}" for k in set(saved["recipe"]) - set(own))
+    missing = sorted(set(general) - set(values) - {"method"}) + sorted(f"recipe.{k}" for k in set(own) - set(saved["recipe"]))
     if unknown:
         raise ConfigError(f"config file {path} has keys this version does not know: {', '.join(unknown)}; remove "
                           "them or export the config again")
-    return validate(cfg)
+    if missing:
+        raise ConfigError(f"config file {path} lacks {', '.join(missing)}; add them (or export the config again with "
+                          "this version)")
+    overrides = {}
+    for key, value in [*values.items(), *saved["recipe"].items()]:
+        expected = general.get(key) or own[key]
+        if isinstance(value, str) and expected is not str:
+            raise ConfigError(f"config file {path}: {key} takes a {expected.__name__}, not the string {value!r}; "
+                              "write it without quotes")
+        overrides[key] = value
+    cfg = apply_overrides(reference, overrides)
+    return dataclasses.replace(cfg, preset=preset)
 
 
 def launcher(config_file: str, nodes: int, gpus_per_node: int, repo: Path = REPO_ROOT) -> str:
@@ -105,16 +130,34 @@ srun --ntasks="$SLURM_NNODES" --ntasks-per-node=1 bash "$HERE/launch.sh"
 
 
 def export_script(cfg: Config, out: str | os.PathLike, nodes: int = 1, gpus_per_node: int = 8,
-                  hours: int = 24) -> dict[str, Path]:
+                  hours: int = 24, overwrite: bool = False) -> dict[str, Path]:
     """Write config.json, launch.sh and job.sbatch for cfg into `out`; returns their paths. The run's out_dir is kept
-    as the config has it (empty: runs/<method>-<preset> in the repository the launcher runs in)."""
+    as the config has it (empty: runs/<method>-<preset> in the repository the launcher runs in). Files of those names
+    already in `out` are replaced only with overwrite=True."""
     if nodes < 1 or gpus_per_node < 1:
         raise ConfigError(f"need nodes >= 1 and gpus_per_node >= 1, got {nodes} and {gpus_per_node}")
+    if hours < 1:
+        raise ConfigError(f"--hours is the SLURM job's time limit in hours and must be at least 1, got {hours} (0 "
+                          "would mean no limit to SLURM)")
     world = nodes * gpus_per_node
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} does not split over {nodes} x {gpus_per_node} = {world} "
                           f"processes: set batch_size to a multiple of {world}")
     out = Path(out)
+    names = {"config": "config.json", "launcher": "launch.sh", "sbatch": "job.sbatch"}
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; name a folder for {', '.join(names.values())}")
+    taken = [n for n in names.values() if (out / n).exists()]
+    if taken and not overwrite:
+        raise ConfigError(f"{out} holds {', '.join(taken)} already; choose another --out, or add --overwrite to "
+                          "replace them")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write into --out {out} ({e.strerror}); choose a folder you can write to") from None
     paths = {"config": save_config(cfg, out / "config.json"), "launcher": out / "launch.sh", "sbatch": out / "job.sbatch"}
     atomic_write_text(launcher("config.json", nodes, gpus_per_node), paths["launcher"])
     atomic_write_text(sbatch_script(cfg, nodes, gpus_per_node, hours), paths["sbatch"])

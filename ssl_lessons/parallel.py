@@ -74,6 +74,10 @@ def shard_method(method: nn.Module, device: torch.device, amp: bool = True) -> n
             if hasattr(unit, name):
                 register_fsdp_forward_method(unit, name)
     fully_shard(method, mp_policy=policy)
+    # FSDP2 takes the first of its modules to run forward as the root. The loop may evaluate the teacher's backbone
+    # (a k-NN at step 0) before the method's first forward, which would make that backbone a root of its own; so the
+    # method is made the root now, as its first forward would make it.
+    method._get_fsdp_state()._lazy_init()
     return method
 
 

@@ -12,6 +12,7 @@ config differs from them, and records the train command that rebuilds the run's 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -23,10 +24,15 @@ from .errors import CheckpointError, ConfigError
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 
 
-def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, expected: Config | None = None) -> Path:
+def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, expected: Config | None = None,
+                    overwrite: bool = False) -> Path:
     """Write the finished run in out_dir as directory/<name>.pt: fp16 weights of its evaluated backbone, with the
     config the run saved and the train command that rebuilds exactly that config. `expected`: the config the caller
-    thinks the run has (the export command's options); a run trained with another one is refused."""
+    thinks the run has (the export command's options); a run trained with another one is refused. `name` is a plain
+    file name (no folders); an existing backbone of that name is replaced only with overwrite=True."""
+    path = Path(directory) / f"{check_export_name(name)}.pt"
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists already; choose another --name, or add --overwrite to replace it")
     from .methods import build_method
     from .train import RESUMABLE_CHANGES
 
@@ -53,10 +59,18 @@ def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, 
     weights = half(method.eval_backbone.state_dict())
     heads = half(torch.nn.ModuleDict(method.export_heads()).state_dict())
     history = json.loads((Path(out_dir) / "history.json").read_text())
-    path = Path(directory) / f"{name}.pt"
     atomic_save({"config": config_to_dict(cfg), "backbone": weights, "heads": heads, "result": result, "evals": history["evals"],
                  "history": history["history"], "command": train_command(cfg, out_dir=_shown(out_dir))}, path)
     return path
+
+
+def check_export_name(name: str) -> str:
+    """An exported backbone's name: letters, digits, '.', '_' and '-', not starting with '.' (so it names a file in
+    data/pretrained/ and nothing outside it)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name or "") or name.endswith(".pt"):
+        raise ConfigError(f"--name {name!r} must be a plain name of letters, digits, '.', '_' and '-' (no folders, no "
+                          "'.pt'), e.g. --name dino-vit-cifar10-5ep; it is written to data/pretrained/NAME.pt")
+    return name
 
 
 def _shown(out_dir: Path) -> str:
@@ -91,7 +105,14 @@ def load_backbone_and_heads(name: str, directory: Path = PRETRAINED_DIR) -> tupl
         raise FileNotFoundError(f"no exported backbone {path}; available: {available or 'none'}. Make it with "
                                 "`python -m ssl_lessons train ...` and then `python -m ssl_lessons export ...` "
                                 "(see data/pretrained/README.md for the exact commands)")
-    record = load_checkpoint(path)
+    try:
+        record = load_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{str(e).split('; delete it')[0]}; export the backbone again (data/pretrained/README.md "
+                              "has the commands)") from None
+    if "backbone" not in record or "config" not in record:
+        raise CheckpointError(f"{path} is not an exported backbone (a training checkpoint?); make one from a finished "
+                              "run with `python -m ssl_lessons export --method ... --name NAME` and name that")
     cfg = config_from_dict(record["config"])
     as_float = lambda state: {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
     backbone = backbone_from_config(cfg, mask_token="mask_token" in record["backbone"])

@@ -19,6 +19,7 @@ Each epoch is a `DistributedSampler` permutation, every image once per epoch acr
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -157,6 +158,10 @@ class StreamingImages:
         if unknown:
             raise DataError(f"{held_out}: classes {unknown} do not appear in train/; move or delete "
                             "those folders")
+        absent = sorted(set(self.train_folder.classes) - set(self.test_folder.classes))
+        if absent:  # as the in-memory cache says it
+            warnings.warn(f"{held_out}: train classes {absent} have no held-out images; the k-NN and probe accuracy "
+                          "cover the other classes only", stacklevel=2)
         self.classes, self.eval_size, self.workers = self.train_folder.classes, eval_size, workers
         index = self.train_folder.class_to_idx
         test_targets = [index[self.test_folder.classes[t]] for t in self.test_folder.targets]

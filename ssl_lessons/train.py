@@ -23,19 +23,20 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import (FULL_CHECKPOINT, SHARDED_CHECKPOINT, atomic_save, atomic_write_text, load_checkpoint,
-                         load_sharded, save_sharded, sharded_meta)
+                         load_sharded, run_lock, save_sharded, sharded_meta)
 from .config import Config, config_from_dict, config_to_dict, flat_config, peak_lr
 from .data import load_dataset
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged, first_line
 from .evaluation import evaluate, knn_top1, split_features
 from .methods import build_method
 from .optim import apply_schedules, clip_gradients, drop_frozen_gradients
-from .parallel import memory_per_rank, wrap
+from .parallel import local, memory_per_rank, wrap
 from .schedules import cosine_schedule
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,14 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     `allow_changes` (e.g. ("lr",) to go on from the last good checkpoint with a lower learning rate after a NaN;
     see ADJUSTABLE_ON_RESUME); such changes are recorded in the checkpoint and the result.
     `stop_after` ends the call after that many total steps (after writing a checkpoint), as a killed run would.
-    Returns {"history", "evals", "result" (None until the run is finished), "out_dir", "method", "optimizer"}."""
+    Returns {"history", "evals", "result" (None until the run is finished), "out_dir", "method", "optimizer"}.
+    The run holds its folder while it runs (checkpoint.run_lock): a second run into the same out_dir is refused."""
+    rank, _, _ = distributed.setup()
+    with run_lock(run_dir(cfg)) if rank == 0 else nullcontext():
+        return _train(cfg, data, stop_after, show_progress, allow_changes)
+
+
+def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow_changes: tuple[str, ...]) -> dict:
     rank, world, local_rank = distributed.setup()
     device = pick_device(cfg.device, local_rank)
     out_dir = run_dir(cfg)
@@ -131,19 +139,33 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     elif rank == 0:
         (out_dir / "results.json").unlink(missing_ok=True)  # a fresh run: no stale result may stand for it
 
+    def diverged(what: str):
+        raise TrainingDiverged(
+            f"{what}. The checkpoint in {out_dir} is intact (step {ckpt_step}); resume it with a lower learning "
+            f"rate: the same command with --set lr={cfg.lr / 2:g} --allow-change lr (or train afresh with another "
+            "out_dir)")
+
     def save_checkpoint(path=ckpt_path):
-        """Collective: every rank takes its part (a sharded model's state_dict needs them all)."""
+        """Collective: every rank takes its part (a sharded model's state_dict needs them all). Weights or optimizer
+        states that are no longer finite are never saved: the last checkpoint stays one a lower lr can resume."""
+        if not state_is_finite(method, optimizer, device):
+            diverged(f"the weights or optimizer states became infinite or NaN by step {step}")
         distributed.broadcast_buffers(method)
         own = {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state(), "method": method.rank_state()}
         meta = {"config": config_to_dict(cfg), "step": step, "history": history, "evals": evals,
                 "train_seconds": train_seconds, "config_changes": changes}
-        if sharded:
-            save_sharded(path, method, optimizer, meta, own)
-            return
-        state = {**meta, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                 "rank_states": distributed.all_gather_objects(own)}
-        if rank == 0:
-            atomic_save(state, path)
+        try:
+            if sharded:
+                save_sharded(path, method, optimizer, meta, own)
+                return
+            state = {**meta, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rank_states": distributed.all_gather_objects(own)}
+            if rank == 0:
+                atomic_save(state, path)
+        except (OSError, CheckpointException) as e:  # a full disk, a folder gone; DCP's failures are BaseExceptions
+            raise CheckpointError(f"could not write the checkpoint of step {step} ({first_line(e)}); the one of step "
+                                  f"{ckpt_step} in {out_dir} is intact: free space (or fix the folder) and run the "
+                                  "same command to resume from it") from None
         distributed.barrier()
 
     streaming = not hasattr(data, "train_images")  # full-resolution images decoded by DataLoader workers
@@ -206,11 +228,8 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
                 crops = method.make_views(images, generator)
             with _autocast(cfg, device, world):
                 loss, logs = model(crops, diagnostics=log_now)
-            if (log_now or save_now) and not torch.isfinite(loss):  # a sync: only where a record or file is made
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {step}. The checkpoint in {out_dir} is intact (step "
-                    f"{ckpt_step}); resume it with a lower learning rate: the same command with --set "
-                    f"lr={cfg.lr / 2:g} --allow-change lr (or train afresh with another out_dir)")
+            if not torch.isfinite(loss):  # every step, as dinov2 checks: a NaN must not reach the weights
+                diverged(f"loss is {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             drop_frozen_gradients(optimizer, progress)
@@ -247,6 +266,14 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     distributed.barrier()
     return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method,
             "optimizer": optimizer}
+
+
+def state_is_finite(method: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
+    """Every parameter and optimizer state finite on every rank (a collective: all ranks get the same answer)."""
+    tensors = [*method.parameters(), *(v for state in optimizer.state.values() for v in state.values()
+                                       if torch.is_tensor(v) and v.is_floating_point())]
+    finite = all(bool(torch.isfinite(local(t)).all()) for t in tensors)
+    return distributed.all_reduce_mean(torch.tensor(float(finite), device=device)).item() == 1.0
 
 
 def highres_start_step(cfg: Config, total_steps: int) -> int | None:
@@ -302,6 +329,10 @@ def check_run(cfg: Config, world: int, n_train: int | None = None) -> int:
         raise ConfigError(f"device={cfg.device} but this machine has no CUDA GPU: use device=auto or device=cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device={cfg.device} but MPS is not available here: use device=auto or device=cpu")
+    if cfg.dataset == "cifar10" and cfg.data_loading == "stream":
+        raise ConfigError("data_loading=stream reads full-resolution images of an ImageFolder tree from disk; "
+                          "CIFAR-10 is decoded once into memory: use data_loading=auto (or memory), or --set "
+                          "dataset=/path/to/tree")
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes: set batch_size to "
                           f"a multiple of {world}")
@@ -310,6 +341,12 @@ def check_run(cfg: Config, world: int, n_train: int | None = None) -> int:
     if n_train is not None and cfg.batch_size > n_train:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {n_train} training images: lower "
                           "batch_size or raise train_subset")
+    if n_train is not None and cfg.highres_size:
+        total = max(1, math.ceil(cfg.epochs * (n_train // cfg.batch_size)))
+        if highres_start_step(cfg, total) < 1:
+            raise ConfigError(f"highres_fraction {cfg.highres_fraction} leaves no step of the {total} before the "
+                              "high-resolution phase (nothing to compare it with): lower highres_fraction or train "
+                              "longer")
     if n_train is not None and cfg.knn_k > n_train:
         raise ConfigError(f"knn_k {cfg.knn_k} is larger than the {n_train} training images of the k-NN bank: lower "
                           "knn_k")
@@ -346,10 +383,11 @@ def check_resumable(ckpt: dict, cfg: Config, path: Path, world: int, allow_chang
     refused = {k: d for k, d in diff.items() if k not in allow_changes}
     if refused:
         pretty = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        adjustable = sorted(set(refused) & adjustable_on_resume(cfg))
+        advice = (f"; to go on with new values of {', '.join(adjustable)}, add --allow-change {' '.join(adjustable)}"
+                  if adjustable == sorted(refused) else "")
         raise CheckpointError(f"{path} was written with a different config ({pretty}). Resume with the same "
-                              "settings, or start afresh with another out_dir (or delete the checkpoint); to go on "
-                              f"with new values of {', '.join(sorted(set(refused) & adjustable_on_resume(cfg))) or 'lr'}"
-                              ", add --allow-change with their names")
+                              "settings, or start afresh with another out_dir (or delete the checkpoint)" + advice)
     return diff
 
 

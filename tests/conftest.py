@@ -1,7 +1,19 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from ssl_lessons.data import ImageData
+
+
+def pytest_collection_modifyitems(items):
+    """Every notebook cell counts as numerically sensitive: its checked outputs must hold on any CPU (make test runs
+    the `numerics` items with PyTorch's non-vectorised kernels, another float summation order)."""
+    for item in items:
+        if str(item.fspath).endswith(".ipynb"):
+            item.add_marker(pytest.mark.numerics)
 
 
 def make_tiny_data(n_train=256, n_test=128, size=32, classes=4, seed=0) -> ImageData:
@@ -35,3 +47,13 @@ def make_image_tree(root, classes=4, train_per_class=16, test_per_class=8, size=
 @pytest.fixture
 def tiny_data():
     return make_tiny_data()
+
+
+def launch(root: Path, modes: list[str], processes: int = 2) -> dict[str, list[dict]]:
+    """{mode: [what rank r saved, for each r]} from one torchrun launch of ddp_worker.py running `modes` in turn."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", str(worker), str(root), ",".join(modes)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {m: [torch.load(root / m / f"rank{r}.pt", weights_only=False) for r in range(processes)] for m in modes}

@@ -7,6 +7,9 @@ from ssl_lessons.augment import (ViewAugment, adjust_brightness, adjust_contrast
                                  random_resized_crop_boxes, resized_crop, unnormalize)
 
 
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
+
+
 @pytest.fixture
 def images01():
     g = torch.Generator().manual_seed(0)

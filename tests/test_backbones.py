@@ -4,6 +4,9 @@ import torch
 from ssl_lessons.backbones import ViTBackbone, build_backbone
 
 
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
+
+
 def test_vit_features_patch_tokens_and_attention_shapes():
     vit = ViTBackbone(patch_size=4, embed_dim=48, depth=2, num_heads=3)
     x = torch.randn(2, 3, 32, 32)

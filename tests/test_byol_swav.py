@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +10,9 @@ from ssl_lessons.diagnostics import effective_rank, normalized_std
 from ssl_lessons.losses.byol import byol_loss, symmetric_byol_loss
 from ssl_lessons.losses.swav import swapped_prediction_loss
 from ssl_lessons.sinkhorn import sinkhorn_knopp
+
+
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
 
 
 def test_byol_loss_zero_for_same_direction_four_for_opposite():

@@ -14,6 +14,9 @@ from ssl_lessons.methods.dino import collapse_study_configs, teacher_temperature
 from ssl_lessons.teacher import momentum_schedule
 
 
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
+
+
 def direct_dino_loss(student, teacher, center, tau_s, tau_t):
     """Eq. 3 written out with explicit exponentials, sample by sample, in float64."""
     student, teacher, center = [s.double() for s in student], [t.double() for t in teacher], center.double()

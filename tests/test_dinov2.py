@@ -16,6 +16,9 @@ from ssl_lessons.methods.dinov2 import feature_uniformity
 from ssl_lessons.train import train
 
 
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
+
+
 def sinkhorn_transcribed(teacher_output, teacher_temp, n_iterations=3):
     """dinov2's DINOLoss.sinkhorn_knopp_teacher, one process, line by line (Q is K x B)."""
     Q = torch.exp(teacher_output / teacher_temp).t()

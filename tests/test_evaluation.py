@@ -1,6 +1,10 @@
+import pytest
 import torch
 
 from ssl_lessons.evaluation import knn_predict, knn_top1, linear_probe, pixel_features
+
+
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
 
 
 def test_knn_known_answer_on_toy_set():

@@ -16,6 +16,9 @@ from ssl_lessons.train import train
 
 # --- masks --------------------------------------------------------------------------------------------------------
 
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
+
+
 def test_batch_masks_have_the_shape_fraction_and_ratios_asked_for():
     masker = BatchMasker((8, 8), probability=0.5, ratio_min=0.1, ratio_max=0.5)
     g = torch.Generator().manual_seed(0)

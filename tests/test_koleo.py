@@ -1,10 +1,14 @@
 """KoLeo (DINOv2's uniformity regulariser): its formula against brute force, and what it rewards."""
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ssl_lessons.losses.koleo import KoLeoLoss
+
+
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
 
 
 def test_koleo_equals_a_brute_force_nearest_neighbour_computation():

@@ -7,6 +7,9 @@ from ssl_lessons.optim import drop_frozen_gradients
 from ssl_lessons.teacher import momentum_schedule
 
 
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
+
+
 def tiny(method, **overrides):
     torch.manual_seed(0)
     return build_method(make_config("smoke", {"method": method, **overrides}))

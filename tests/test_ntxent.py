@@ -1,9 +1,13 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ssl_lessons.losses import nt_xent
+
+
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
 
 
 def naive_nt_xent(z1, z2, tau):

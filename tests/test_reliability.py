@@ -1,4 +1,4 @@
-"""Issue 10: no silent wrong run, no code execution from files, every bad input a one-line answer before any work."""
+"""No silent wrong run, no code execution from files, every bad input a one-line answer before any work."""
 import json
 import os
 import pickle

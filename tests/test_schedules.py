@@ -1,6 +1,11 @@
 import math
 
+import pytest
+
 from ssl_lessons.schedules import cosine_schedule
+
+
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
 
 
 def test_cosine_hits_start_and_end():

@@ -1,9 +1,13 @@
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 
 from ssl_lessons.teacher import ema_update, make_teacher, momentum_schedule
+
+
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
 
 
 def test_ema_update_equals_the_formula_exactly():

@@ -8,6 +8,9 @@ from ssl_lessons.packing import block_diagonal_mask, pack_sequences, unpack_sequ
 from ssl_lessons.stochastic_depth import SubsetDropPathBlock, drop_add_residual
 
 
+pytestmark = pytest.mark.numerics  # also run with other kernels and threads (make test)
+
+
 def test_packing_groups_crops_and_unpacks_to_the_same_tensors():
     g = torch.Generator().manual_seed(0)
     big, small = torch.randn(6, 5, 4, generator=g), torch.randn(12, 2, 4, generator=g)  # 2B global, 4B local, B=3

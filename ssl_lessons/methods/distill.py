@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..augment import DINO_GLOBAL_VIEWS, DINO_LOCAL_VIEW
 from ..config import require
+from ..errors import ConfigError
 from ..crops import MultiCropRecipe
 from ..heads import DINOHead
 from ..losses.dino import DINOLoss
@@ -101,8 +102,9 @@ class Distill(Method):
                 f"the exported backbone {recipe.teacher!r} has no heads to distill from; export a DINO, iBOT or "
                 "DINOv2 run again with `python -m ssl_lessons export ...` (it now writes the teacher's heads)")
         if teacher_backbone.patch_size != backbone.patch_size:
-            raise ValueError(f"teacher patch size {teacher_backbone.patch_size} != student {backbone.patch_size}: "
-                             "the patch losses compare the same positions")
+            raise ConfigError(f"the teacher {recipe.teacher!r} has patch size {teacher_backbone.patch_size}, the "
+                              f"student {backbone.patch_size}: the patch losses compare the same positions, so add "
+                              f"--set patch_size={teacher_backbone.patch_size}")
         self.teacher_record = record
         self.teacher = nn.ModuleDict({"backbone": teacher_backbone, **teacher_heads})
         for p in self.teacher.parameters():

@@ -1,0 +1,147 @@
+"""Every command a user types, run as the user types it: a subprocess on the real CIFAR-10 cache at the smoke preset.
+Training under torchrun with DDP and with FSDP2 for every method, with the periodic k-NN on (an evaluation before the
+first step); export; export-script and the launcher it writes (train --config under torchrun); bench; the collapse
+studies; the ablation. Each checks what the command made, not only that it exited."""
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssl_lessons.__main__ import main
+from ssl_lessons.checkpoint import load_checkpoint, sharded_meta
+from ssl_lessons.config import make_config
+from ssl_lessons.methods import METHODS
+from ssl_lessons.pretrained import load_backbone
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "ssl_lessons"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ssl_lessons"]
+
+
+def run(args, tmp_path, expect=0, timeout=300, **env):
+    """The command's finished process; its exit status must be `expect` (2: a one-line error)."""
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "SSL_LESSONS_RUNS": str(tmp_path / "runs"), **env})
+    assert proc.returncode == expect, f"{' '.join(map(str, args))}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    if expect == 2:
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr  # one line
+    return proc
+
+
+def smoke_steps(method: str) -> int:
+    cfg = make_config("smoke", {"method": method})
+    return math.ceil(cfg.epochs * (cfg.train_subset // cfg.batch_size))
+
+
+def check_finished_run(out: Path, method: str, parallel: str, processes: int) -> dict:
+    steps = smoke_steps(method)
+    result = json.loads((out / "results.json").read_text())
+    evals = json.loads((out / "history.json").read_text())["evals"]
+    assert result["processes"] == processes and result["steps"] == steps
+    assert result["config"]["method"] == method and result["config"]["parallel"] == parallel
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == steps  # k-NN before the first step and at the end
+    assert 0 < result["knn_top1"] <= 100 and 0 < result["linear_top1"] <= 100
+    if parallel == "fsdp":
+        meta = sharded_meta(out / "checkpoint")
+        assert meta["world"] == processes and meta["step"] == steps and not (out / "checkpoint.pt").exists()
+    else:
+        ckpt = load_checkpoint(out / "checkpoint.pt")
+        assert len(ckpt["rank_states"]) == processes and ckpt["step"] == steps
+    assert (out / "curves.png").stat().st_size > 0
+    return result
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_under_torchrun_with_every_method_and_engine(tmp_path, method, parallel):
+    out = tmp_path / "run"
+    proc = run([*TORCHRUN, "train", "--method", method, "--preset", "smoke", "--no-baselines",
+                "--set", f"parallel={parallel}", f"out_dir={out}"], tmp_path)
+    result = check_finished_run(out, method, parallel, processes=2)
+    assert proc.stdout.count("Results on CIFAR-10 test") == 1  # rank 0 alone prints the table
+    assert f"{result['knn_top1']:8.1f} %" in proc.stdout
+
+
+def test_train_prints_lesson_0s_yardsticks_beside_the_result(tmp_path):
+    out = tmp_path / "run"
+    proc = run([*CLI, "train", "--method", "simclr", "--preset", "smoke", "--set", f"out_dir={out}"], tmp_path)
+    check_finished_run(out, "simclr", "ddp", processes=1)
+    table = proc.stdout[proc.stdout.index("Results on"):]
+    assert "raw pixels" in table and "random" in table and "simclr (" in table
+
+
+def test_export_script_launcher_runs_the_saved_config_under_torchrun(tmp_path):
+    job, out = tmp_path / "job", tmp_path / "run"
+    proc = run([*CLI, "export-script", "--method", "dinov2", "--preset", "smoke", "--nodes", "1", "--gpus-per-node",
+                "2", "--out", job, "--set", "parallel=fsdp", f"out_dir={out}"], tmp_path)
+    assert "global batch 64 (32 per process)" in proc.stdout
+    saved = json.loads((job / "config.json").read_text())
+    assert saved["method"] == "dinov2" and saved["parallel"] == "fsdp" and saved["out_dir"] == str(out)
+    proc = run(["bash", job / "launch.sh"], tmp_path, PYTHON=sys.executable, SSL_LESSONS_REPO=str(REPO))
+    check_finished_run(out, "dinov2", "fsdp", processes=2)
+    assert "random vit" in proc.stdout  # lesson 0's yardsticks, computed by both processes together
+    # the same folder again: refused, the user's files kept; --overwrite replaces them
+    (job / "launch.sh").write_text("# mine\n")
+    with pytest.raises(SystemExit):
+        main(["export-script", "--method", "dinov2", "--preset", "smoke", "--out", str(job)])
+    assert (job / "launch.sh").read_text() == "# mine\n"
+    main(["export-script", "--method", "dinov2", "--preset", "smoke", "--gpus-per-node", "2", "--out", str(job),
+          "--overwrite"])
+    assert "torch.distributed.run" in (job / "launch.sh").read_text()
+
+
+def test_train_config_runs_a_saved_config_at_one_process(tmp_path):
+    job, out = tmp_path / "job", tmp_path / "run"
+    run([*CLI, "export-script", "--method", "byol", "--preset", "smoke", "--gpus-per-node", "1", "--out", job,
+         "--set", f"out_dir={out}", "epochs=0.125"], tmp_path)
+    run([*CLI, "train", "--config", job / "config.json", "--no-baselines", "--set", "linear_probe=false"], tmp_path)
+    result = json.loads((out / "results.json").read_text())
+    assert result["steps"] == 2 and result["config"]["epochs"] == 0.125 and "linear_top1" not in result
+
+
+def test_export_writes_a_loadable_backbone_and_never_overwrites_silently(tmp_path):
+    out, shelf = tmp_path / "run", tmp_path / "shelf"
+    common = ["--method", "dino", "--preset", "smoke", "--set", f"out_dir={out}", "epochs=0.125",
+              "linear_probe=false", "knn_every=0"]
+    run([*CLI, "train", *common, "--no-baselines"], tmp_path)
+    proc = run([*CLI, "export", *common, "--name", "tiny-dino", "--out", shelf], tmp_path)
+    assert "tiny-dino.pt" in proc.stdout
+    backbone, record = load_backbone("tiny-dino", directory=shelf)
+    assert record["result"]["steps"] == 2 and "--method dino" in record["command"]
+    before = (shelf / "tiny-dino.pt").read_bytes()
+    run([*CLI, "export", *common, "--name", "tiny-dino", "--out", shelf], tmp_path, expect=2)
+    assert (shelf / "tiny-dino.pt").read_bytes() == before
+    run([*CLI, "export", *common, "--name", "../escape", "--out", shelf], tmp_path, expect=2)
+    assert [p.name for p in tmp_path.rglob("*.pt") if "escape" in p.name] == []
+    (shelf / "tiny-dino.pt").write_bytes(b"stale")
+    main(["export", *map(str, common), "--name", "tiny-dino", "--out", str(shelf), "--overwrite"])
+    assert (shelf / "tiny-dino.pt").read_bytes() == before  # replaced by the same export
+
+
+def test_bench_measures_training_and_augmentation_rates(tmp_path):
+    proc = run([*CLI, "bench", "--method", "simclr", "--preset", "smoke", "--steps", "2"], tmp_path)
+    rates = [line for line in proc.stdout.splitlines() if "images/s" in line]
+    assert len(rates) == 3 and all(float(line.split()[-4]) > 0 for line in rates)
+    run([*CLI, "bench", "--preset", "smoke", "--steps", "0"], tmp_path, expect=2)
+
+
+@pytest.mark.parametrize("method", ["byol", "dino"])
+def test_collapse_study_trains_each_variant_and_reports_its_diagnostics(tmp_path, method):
+    proc = run([*CLI, "collapse-study", "--method", method, "--preset", "smoke"], tmp_path, timeout=600)
+    measure = "teacher entropy" if method == "dino" else "effective rank"
+    rows = [line for line in proc.stdout.splitlines() if measure in line]
+    variants = importlib.import_module(f"ssl_lessons.methods.{method}").COLLAPSE_VARIANTS
+    assert [row[:28].strip() for row in rows] == list(variants) and all("k-NN" in row for row in rows)
+    run([*CLI, "collapse-study", "--method", method, "--preset", "imagenet-vits16-dino"], tmp_path, expect=2)
+
+
+def test_ablation_trains_every_variant_and_tabulates_it(tmp_path):
+    proc = run([*CLI, "ablation", "--preset", "smoke"], tmp_path, timeout=600)
+    table = proc.stdout[proc.stdout.index("DINOv2 ablation"):].splitlines()[2:]
+    assert [row.split()[0] for row in table] == ["full", "no", "EMA", "shared", "4"]
+    assert all(0 < float(row.split("%")[0].split()[-1]) <= 100 for row in table)
