@@ -101,7 +101,11 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     atomic_write_bytes(buffer.getbuffer(), path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = False) -> dict:
+RESTART_ADVICE = "delete it (or choose another out_dir) to start afresh"
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = False,
+                    advice: str = RESTART_ADVICE) -> dict:
     """Tensors and plain Python types only (weights_only=True): a planted file cannot run code. A sharded checkpoint
     folder is consolidated on this one process: its meta.json, with the whole model under "method"."""
     if Path(path).is_dir():
@@ -111,8 +115,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", mmap: bool = Fa
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise CheckpointError(f"{path} is unreadable or not a file this code wrote ({_load_failure(e)}); delete it "
-                              "(or choose another out_dir) to start afresh") from None
+        raise CheckpointError(f"{path} is unreadable or not a file this code wrote ({_load_failure(e)}); "
+                              f"{advice}") from None
 
 
 def _load_failure(error: Exception) -> str:

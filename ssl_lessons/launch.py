@@ -64,7 +64,8 @@ def load_config_file(path: str | os.PathLike) -> Config:
     general, own = general_fields(), recipe_fields(reference.recipe)
     values = {k: v for k, v in saved.items() if k not in ("method", "preset", "recipe")}
     unknown = sorted(set(values) - set(general)) + sorted(f"recipe.{k}" for k in set(saved["recipe"]) - set(own))
-    missing = sorted(set(general) - set(values) - {"method"}) + sorted(f"recipe.{k}" for k in set(own) - set(saved["recipe"]))
+    missing = (sorted(set(general) - set(values) - {"method"})
+               + sorted(f"recipe.{k}" for k in set(own) - set(saved["recipe"])))
     if unknown:
         raise ConfigError(f"config file {path} has keys this version does not know: {', '.join(unknown)}; remove "
                           "them or export the config again")
@@ -151,16 +152,14 @@ def export_script(cfg: Config, out: str | os.PathLike, nodes: int = 1, gpus_per_
     if taken and not overwrite:
         raise ConfigError(f"{out} holds {', '.join(taken)} already; choose another --out, or add --overwrite to "
                           "replace them")
+    paths = {kind: out / name for kind, name in names.items()}
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.touch()
-        probe.unlink()
+        save_config(cfg, paths["config"])
+        atomic_write_text(launcher(names["config"], nodes, gpus_per_node), paths["launcher"])
+        atomic_write_text(sbatch_script(cfg, nodes, gpus_per_node, hours), paths["sbatch"])
     except OSError as e:
-        raise ConfigError(f"cannot write into --out {out} ({e.strerror}); choose a folder you can write to") from None
-    paths = {"config": save_config(cfg, out / "config.json"), "launcher": out / "launch.sh", "sbatch": out / "job.sbatch"}
-    atomic_write_text(launcher("config.json", nodes, gpus_per_node), paths["launcher"])
-    atomic_write_text(sbatch_script(cfg, nodes, gpus_per_node, hours), paths["sbatch"])
+        raise ConfigError(f"cannot write into --out {out} ({e.strerror or e}); choose a folder you can write to") \
+            from None
     for script in (paths["launcher"], paths["sbatch"]):
         script.chmod(0o755)
     return paths

@@ -69,7 +69,7 @@ def check_export_name(name: str) -> str:
     data/pretrained/ and nothing outside it)."""
     if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name or "") or name.endswith(".pt"):
         raise ConfigError(f"--name {name!r} must be a plain name of letters, digits, '.', '_' and '-' (no folders, no "
-                          "'.pt'), e.g. --name dino-vit-cifar10-5ep; it is written to data/pretrained/NAME.pt")
+                          "'.pt'), e.g. --name dino-vit-cifar10-5ep; it is written to NAME.pt in data/pretrained (or --out)")
     return name
 
 
@@ -105,11 +105,7 @@ def load_backbone_and_heads(name: str, directory: Path = PRETRAINED_DIR) -> tupl
         raise FileNotFoundError(f"no exported backbone {path}; available: {available or 'none'}. Make it with "
                                 "`python -m ssl_lessons train ...` and then `python -m ssl_lessons export ...` "
                                 "(see data/pretrained/README.md for the exact commands)")
-    try:
-        record = load_checkpoint(path)
-    except CheckpointError as e:
-        raise CheckpointError(f"{str(e).split('; delete it')[0]}; export the backbone again (data/pretrained/README.md "
-                              "has the commands)") from None
+    record = load_checkpoint(path, advice="export the backbone again (data/pretrained/README.md has the commands)")
     if "backbone" not in record or "config" not in record:
         raise CheckpointError(f"{path} is not an exported backbone (a training checkpoint?); make one from a finished "
                               "run with `python -m ssl_lessons export --method ... --name NAME` and name that")

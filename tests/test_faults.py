@@ -203,7 +203,8 @@ def test_bad_commands_end_in_one_line(argv, message, tmp_path, capsys, monkeypat
 
 def test_an_error_raised_in_a_dataloader_worker_is_reported_without_its_traceback():
     from ssl_lessons.errors import DataError
-    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\n"
+                        "Original Traceback (most recent call last):\n"
                         '  File "x.py", line 1\nssl_lessons.errors.DataError: could not decode image a.jpg (bad)')
     assert user_message(wrapped) == "could not decode image a.jpg (bad)"
     assert user_message(DataError("plain")) == "plain"

@@ -13,10 +13,11 @@ from ssl_lessons.train import train
 # Losses after 3 SGD steps (see ddp_worker.py for why not AdamW) and the weights they end at, compared across process
 # counts and engines. The two differ only in the order of float32 sums: the gradient average over ranks, the norms of
 # the clipping, the all-reduced centers. One reordered sum of n terms moves its result by up to n * u relative
-# (u = 2^-24 = 6e-8, float32's unit roundoff; ~sqrt(n) * u typically); the losses here sum ~10^4 terms (64 images x
-# crops x 256 prototypes), so a single evaluation may move by ~6e-6 typically and by 6e-4 at worst, and three steps carry
-# what the weights took from the previous ones. LOSS_RTOL = 1e-4 sits between the two, and is checked to be far below
-# what one SGD step changes (test below), so a real difference (a gradient not averaged, a shard updated twice) shows.
+# (u = 2^-24 = 6e-8, float32's unit roundoff; ~sqrt(n) * u typically); the losses here sum ~10^4 terms (64 images
+# x crops x prototypes), so a single evaluation may move by ~6e-6 typically and by 6e-4 at worst, and three steps
+# carry what the weights took from the previous ones. LOSS_RTOL = 1e-4 sits between the two, and is checked to be far
+# below what one SGD step changes (test below), so a real difference (a gradient not averaged, a shard updated twice)
+# shows.
 # The weights: each step moves them by lr * |g| ~ 1e-3 x O(1); a relative 1e-4 difference of the gradients moves them by
 # ~1e-7 a step, so WEIGHT_ATOL = 1e-5 leaves a margin of ~30 after three steps.
 LOSS_RTOL, WEIGHT_ATOL = 1e-4, 1e-5
