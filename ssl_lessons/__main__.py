@@ -88,11 +88,13 @@ def cmd_train(args):
     if not is_main():
         return
     print(f"\nResults on CIFAR-10 test ({result['queries']} images; k-NN k={cfg.knn_k}, bank {result['bank']}):")
-    print(f"  {'representation':28s} {'k-NN top-1':>10s} {'linear top-1':>12s}")
     rows = [(n, m) for n, m in marks.items()] + [(f"{cfg.method} ({result['train_minutes']:.1f} min)", result)]
+    dense = any("dense_miou" in m for _, m in rows)
+    print(f"  {'representation':28s} {'k-NN top-1':>10s} {'linear top-1':>12s}" + (" dense mIoU" if dense else ""))
     for name, m in rows:
         lin = f"{m['linear_top1']:.1f} %" if "linear_top1" in m else "-"
-        print(f"  {name:28s} {m['knn_top1']:8.1f} % {lin:>12s}")
+        miou = (f"{m['dense_miou']:.1f} %" if "dense_miou" in m else "-") if dense else ""
+        print(f"  {name:28s} {m['knn_top1']:8.1f} % {lin:>12s} {miou:>10s}".rstrip())
     print(f"curves: {run['out_dir'] / 'curves.png'}; checkpoint and results.json beside it")
 
 
@@ -118,10 +120,12 @@ def cmd_ablation(args):
     rows = ablation_study(args.preset)
     print(f"\nDINOv2 ablation ({args.preset}); uniformity = mean log distance to the nearest test feature, higher = "
           "more spread:")
-    print(f"  {'variant':16s} {'k-NN':>7s} {'linear':>7s} {'uniformity':>10s} {'minutes':>7s}")
+    print(f"  {'variant':16s} {'k-NN':>7s} {'linear':>7s} {'dense mIoU':>10s} {'uniformity':>10s} {'minutes':>7s}")
     for name, r in rows.items():
         linear = f"{r['linear_top1']:.1f} %" if r["linear_top1"] is not None else "-"
-        print(f"  {name:16s} {r['knn_top1']:5.1f} % {linear:>7s} {r['uniformity']:10.3f} {r['train_minutes']:7.1f}")
+        miou = f"{r['dense_miou']:.1f} %" if r.get("dense_miou") is not None else "-"
+        print(f"  {name:16s} {r['knn_top1']:5.1f} % {linear:>7s} {miou:>10s} {r['uniformity']:10.3f} "
+              f"{r['train_minutes']:7.1f}")
 
 
 def cmd_export(args):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from .data import dataset_key, load_dataset
+from .dense import dense_yardsticks
 from .evaluation import yardsticks
 from .checkpoint import atomic_write_text
 from .distributed import is_main
@@ -18,12 +19,20 @@ def yardstick_path(cfg):
 
 
 def load_or_compute_yardsticks(cfg, data=None, recompute: bool = False) -> dict:
-    """The yardsticks of cfg's data and backbone: read from runs/baselines/ if saved there, else computed and saved."""
+    """The yardsticks of cfg's data and backbone: read from runs/baselines/ if saved there, else computed and saved.
+    A ViT's include the dense probe's (dense.py) when cfg.dense_probe is on."""
     path = yardstick_path(cfg)
+    dense = cfg.dense_probe and cfg.backbone == "vit"
     if path.exists() and not recompute:
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if not dense or "dense_miou" in saved.get("raw pixels", {}):
+            return saved
     data = data if data is not None else load_dataset(cfg)
-    result = yardsticks(cfg, data, pick_device(cfg.device), probe=cfg.linear_probe)  # collective under torchrun
+    device = pick_device(cfg.device)
+    result = yardsticks(cfg, data, device, probe=cfg.linear_probe)  # collective under torchrun
+    if dense:
+        for name, scores in dense_yardsticks(cfg, data, device).items():
+            result[name].update(scores)
     if is_main():
         atomic_write_text(json.dumps(result, indent=1), path)
     return result

@@ -55,7 +55,7 @@ class Config:
     warmup: float = 0.1             # fraction of training spent warming lr up linearly from 0
     weight_decay: float = 0.05      # cosine schedule from weight_decay to weight_decay_end
     weight_decay_end: float = 0.05
-    clip_grad: float = 3.0          # max gradient norm per parameter tensor (0 = no clipping)
+    clip_grad: float = 3.0          # max gradient norm: per tensor, or per part as a method says (0 = none)
     highres_size: int = 0           # > 0: the last highres_fraction of training uses global crops of this size
     highres_fraction: float = 0.0   # (DINOv2's short high-resolution phase, sec. 4; 0 = none)
     # --- bookkeeping ------------------------------------------------------------------------------
@@ -73,6 +73,8 @@ class Config:
     knn_temperature: float = 0.07
     linear_probe: bool = True       # also fit a logistic-regression probe at the end
     probe_max_iter: int = 1000      # L-BFGS iterations of the probe (scikit-learn warns if it stops before converging)
+    dense_probe: bool = True        # ViTs: also segment CIFAR-10 mosaics with a linear probe on patch tokens (dense.py)
+    dense_mosaics: int = 1000       # training mosaics of that probe (test mosaics: half as many)
     eval_batch_size: int = 512
     # --- the method's own fields (a methods.<name>.Recipe), set by make_config -------------------
     recipe: Any = field(default=None, metadata={"internal": True})
@@ -92,7 +94,8 @@ PRESETS: dict[str, dict] = {
     # A tiny budget for tests: seconds, not minutes. Its numbers mean nothing.
     "smoke": dict(train_subset=1024, test_subset=512, patch_size=8, embed_dim=64, depth=2, num_heads=2,
                   epochs=0.25, batch_size=64, ckpt_every=2, log_every=1,
-                  knn_every=0.125, knn_bank=1024, linear_probe=True, probe_max_iter=100, eval_batch_size=256),
+                  knn_every=0.125, knn_bank=1024, linear_probe=True, probe_max_iter=100, eval_batch_size=256,
+                  dense_mosaics=64),
 }
 
 
@@ -175,7 +178,7 @@ def _unknown_key_message(key: str, method: str, general: dict, own: dict) -> str
 
 def validate(cfg: Config) -> Config:
     for key in ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "batch_size", "epochs", "lr",
-                "ckpt_every", "log_every", "knn_k", "knn_temperature", "eval_batch_size", "knn_bank"):
+                "ckpt_every", "log_every", "knn_k", "knn_temperature", "eval_batch_size", "knn_bank", "dense_mosaics"):
         require(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
     for key in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "drop_path_rate", "layerscale_init",
                 "register_tokens", "train_subset", "test_subset", "knn_every", "workers"):
@@ -258,7 +261,12 @@ def config_from_dict(saved: dict) -> Config:
     cls = method_class(saved.get("method", Config.method))
     general = {k: v for k, v in saved.items() if k in general_fields() or k == "preset"}
     recipe_keys = recipe_fields(cls.Recipe())
-    recipe = cls.Recipe(**{k: v for k, v in (saved.get("recipe") or {}).items() if k in recipe_keys})
+    saved_recipe = dict(saved.get("recipe") or {})
+    if isinstance(saved_recipe.get("centering"), bool):  # records whose centering was a switch
+        saved_recipe["centering"] = "ema" if saved_recipe["centering"] else "none"
+    if "sinkhorn_centering" in saved_recipe:
+        saved_recipe["centering"] = "sinkhorn_knopp" if saved_recipe.pop("sinkhorn_centering") else "ema"
+    recipe = cls.Recipe(**{k: v for k, v in saved_recipe.items() if k in recipe_keys})
     return Config(**general, recipe=recipe)
 
 

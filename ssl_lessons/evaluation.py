@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -103,17 +105,21 @@ def knn_top1(train_features, train_labels, test_features, test_labels, k: int = 
     return 100.0 * (preds == test_labels).float().mean().item()
 
 
-def linear_probe(train_features, train_labels, test_features, test_labels, max_iter: int = 1000,
-                 C: float = 1.0, seed: int = 0) -> float:
-    """Top-1 (%) of a multinomial logistic regression (scikit-learn) on standardised frozen features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
+def probe_predictions(train_features, train_labels, test_features, max_iter: int = 1000, C: float = 1.0,
+                      seed: int = 0) -> torch.Tensor:
+    """The test predictions (M,) of a multinomial logistic regression (scikit-learn) fit on standardised frozen
+    features (N, D) with labels (N,)."""
     scaler = StandardScaler().fit(train_features.numpy())
     clf = LogisticRegression(max_iter=max_iter, C=C, random_state=seed)
     clf.fit(scaler.transform(train_features.numpy()), train_labels.numpy())
-    preds = clf.predict(scaler.transform(test_features.numpy()))
-    return 100.0 * float(np.mean(preds == test_labels.numpy()))
+    return torch.from_numpy(clf.predict(scaler.transform(test_features.numpy())))
+
+
+def linear_probe(train_features, train_labels, test_features, test_labels, max_iter: int = 1000,
+                 C: float = 1.0, seed: int = 0) -> float:
+    """Top-1 (%) of a multinomial logistic regression (scikit-learn) on standardised frozen features."""
+    preds = probe_predictions(train_features, train_labels, test_features, max_iter, C, seed)
+    return 100.0 * float(np.mean(preds.numpy() == test_labels.numpy()))
 
 
 def evaluate(model: nn.Module, data, device="cpu", k: int = 20, temperature: float = 0.07,
@@ -148,3 +154,4 @@ def yardsticks(cfg, data, device="cpu", probe: bool = True) -> dict:
     out[f"random {cfg.backbone}"] = evaluate(random_net, data, device, cfg.knn_k, cfg.knn_temperature, probe,
                                             cfg.eval_batch_size, cfg.probe_max_iter)
     return out
+

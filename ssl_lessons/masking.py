@@ -12,7 +12,7 @@ target ratios spread evenly over (0.1, 0.5) — crop i of the masked ones draws 
 sub-intervals — and the other crops get no mask; the list is shuffled. Randomness comes from the training step's
 torch generator (one draw seeds a Python RNG), so masks are reproducible and a resumed run draws the same ones.
 
-    masks = BatchMasker(grid=(8, 8))(n=256, generator)     # (256, 64) bool, True = masked
+    masks = BatchMasker(32, patch_size=4)(n=256, generator)  # (256, 64) bool, True = masked
 """
 from __future__ import annotations
 
@@ -59,16 +59,26 @@ class MaskingGenerator:
         return mask
 
 
-class BatchMasker:
-    """Masks for n crops: round(n * probability) of them (at least 1 when probability > 0) with ratios spread over
-    (ratio_min, ratio_max), the rest unmasked, in random order. (n, h*w) bool."""
+def max_block_patches(image_size: int, patch_size: int, ratio: float = 0.5) -> int:
+    """The largest block a mask may add at once: dinov2's train.py, to the letter and in its order of operations,
 
-    def __init__(self, grid: tuple[int, int], probability: float = 0.5, ratio_min: float = 0.1,
+        max_num_patches = 0.5 * img_size // patch_size * img_size // patch_size,
+
+    which floors twice: 666 for 518 px at patch 14 (37 x 37 = 1369 patches), not half of 1369."""
+    return int(ratio * image_size // patch_size * image_size // patch_size)
+
+
+class BatchMasker:
+    """Masks for n global crops of `image_size` px: round(n * probability) of them (at least 1 when
+    probability > 0) with ratios spread over (ratio_min, ratio_max), the rest unmasked, in random order.
+    (n, h*w) bool, h = w = image_size // patch_size."""
+
+    def __init__(self, image_size: int, patch_size: int, probability: float = 0.5, ratio_min: float = 0.1,
                  ratio_max: float = 0.5, min_block: int = 4):
-        self.grid, self.probability, self.ratios = grid, probability, (ratio_min, ratio_max)
-        n_patches = grid[0] * grid[1]
-        # dinov2: MaskingGenerator(num_masking_patches = max_num_patches = 0.5 * n_tokens)
-        self.generator = MaskingGenerator(grid, min_block=min_block, max_block=int(ratio_max * n_patches))
+        grid = image_size // patch_size
+        self.grid, self.probability, self.ratios = (grid, grid), probability, (ratio_min, ratio_max)
+        self.generator = MaskingGenerator(self.grid, min_block=min_block,
+                                          max_block=max_block_patches(image_size, patch_size, ratio_max))
 
     def n_masked_crops(self, n: int) -> int:
         # dinov2 takes int(n * p); at least one here, so that every step trains the mask token (DDP needs a gradient

@@ -5,8 +5,10 @@ A method hands the loop its parameter groups (`Method.param_groups()`). Each gro
 
     apply_wd        weight decay follows the schedule (weight matrices) or stays 0 (biases, norms, tokens)
     lr_multiplier   the group's lr is the scheduled lr times this (DINOv2's layer-wise decay, patch-embed lr)
-    frozen_until    until this fraction of training the group gets no update: its gradients are dropped
-                    before the step (DINO's `cancel_gradients_last_layer`, SwAV's frozen prototypes)
+    frozen_until    until this fraction of training the group gets no update, in one of two ways (`frozen_by`):
+                    "drop_gradients" before the step, so AdamW skips it and its moments stand still (DINO's
+                    `cancel_gradients_last_layer`, SwAV's frozen prototypes), or "zero_lr": its lr is 0 and AdamW's
+                    moments and step count move on (dinov2's `last_layer_lr_schedule`)
 """
 from __future__ import annotations
 
@@ -15,16 +17,25 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
+from .parallel import full_norm, local
+
 
 def is_no_decay(name: str, p: torch.Tensor) -> bool:
     """Biases, norm scales and 1-d tokens get no weight decay (DINO's get_params_groups)."""
     return name.endswith(".bias") or p.ndim <= 1
 
 
+FROZEN_BY = ("drop_gradients", "zero_lr")
+
+
 def parameter_groups(named_parameters: Iterable[tuple[str, torch.Tensor]],
                      lr_multiplier: Callable[[str], float] = lambda name: 1.0,
-                     frozen_until: Callable[[str], float] = lambda name: 0.0) -> list[dict]:
-    """Trainable parameters grouped by (weight decay or not, lr multiplier, frozen until), in first-seen order."""
+                     frozen_until: Callable[[str], float] = lambda name: 0.0,
+                     frozen_by: str = "drop_gradients") -> list[dict]:
+    """Trainable parameters grouped by (weight decay or not, lr multiplier, frozen until), in first-seen order;
+    frozen_by: how a group is held while frozen (see above)."""
+    if frozen_by not in FROZEN_BY:
+        raise ValueError(f"frozen_by is one of {FROZEN_BY}, got {frozen_by!r}")
     groups: dict[tuple, dict] = {}
     for name, p in named_parameters:
         if not p.requires_grad:
@@ -32,7 +43,8 @@ def parameter_groups(named_parameters: Iterable[tuple[str, torch.Tensor]],
         decay = not is_no_decay(name, p)
         key = (decay, float(lr_multiplier(name)), float(frozen_until(name)))
         if key not in groups:
-            groups[key] = {"params": [], "apply_wd": decay, "lr_multiplier": key[1], "frozen_until": key[2]}
+            groups[key] = {"params": [], "apply_wd": decay, "lr_multiplier": key[1], "frozen_until": key[2],
+                           "frozen_by": frozen_by}
             if not decay:
                 groups[key]["weight_decay"] = 0.0
         groups[key]["params"].append(p)
@@ -77,9 +89,10 @@ def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: f
 
 
 def drop_frozen_gradients(optimizer: torch.optim.Optimizer, progress: float) -> None:
-    """Groups still frozen at `progress` lose their gradients, so AdamW leaves them (and their moments) alone."""
+    """Groups still frozen at `progress` by "drop_gradients" lose their gradients, so AdamW leaves them (and their
+    moments) alone; groups frozen by "zero_lr" keep theirs (apply_schedules has set their lr to 0)."""
     for group in optimizer.param_groups:
-        if progress < group["frozen_until"]:
+        if progress < group["frozen_until"] and group.get("frozen_by", "drop_gradients") == "drop_gradients":
             for p in group["params"]:
                 p.grad = None
 
@@ -87,8 +100,21 @@ def drop_frozen_gradients(optimizer: torch.optim.Optimizer, progress: float) -> 
 def clip_gradients(module: nn.Module, max_norm: float) -> None:
     """Clip each parameter's gradient to norm <= max_norm on its own (DINO's utils.clip_gradients). Under FSDP2 each
     rank holds a shard of the gradient: the norm is the whole tensor's (parallel.full_norm), the scaling local."""
-    from .parallel import full_norm, local
     for p in module.parameters():
         if p.grad is not None:
             scale = torch.clamp(max_norm / (full_norm(p.grad) + 1e-6), max=1.0)
             local(p.grad).mul_(scale)
+
+
+def clip_total_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients of `parameters` together so that their total norm sqrt(sum_p |g_p|^2) is <= max_norm
+    (torch's clip_grad_norm_, as dinov2 clips each student part); under FSDP2 the norms are the whole tensors'.
+    Returns the total norm before clipping."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    total = torch.stack([full_norm(g) for g in grads]).norm()
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        local(g).mul_(scale)
+    return total

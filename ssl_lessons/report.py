@@ -12,7 +12,8 @@ LESSONS = [("SimCLR", "simclr"), ("BYOL", "byol"), ("SwAV", "swav"), ("DINO", "d
 
 
 def lesson_table(preset: str = "cifar10-laptop") -> list[dict]:
-    """Rows {name, knn_top1, linear_top1, minutes, source} for the yardsticks and each finished lesson run."""
+    """Rows {name, knn_top1, linear_top1, dense_miou, minutes, source} for the yardsticks and each finished lesson
+    run (dense_miou: the mosaic probe of dense.py, for ViTs)."""
     rows = []
     marks = yardstick_path(make_config(preset))
     if marks.exists():
@@ -23,14 +24,15 @@ def lesson_table(preset: str = "cifar10-laptop") -> list[dict]:
         if path.exists():
             r = json.loads(path.read_text())
             rows.append({"name": name, "knn_top1": r["knn_top1"], "linear_top1": r.get("linear_top1"),
-                         "minutes": r["train_minutes"], "source": str(path)})
+                         "dense_miou": r.get("dense_miou"), "minutes": r["train_minutes"], "source": str(path)})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'representation':26s} {'k-NN':>7s} {'linear':>7s} {'minutes':>8s}"]
+    lines = [f"{'representation':26s} {'k-NN':>7s} {'linear':>7s} {'dense mIoU':>10s} {'minutes':>8s}"]
     for r in rows:
         lin = f"{r['linear_top1']:6.1f}%" if r.get("linear_top1") is not None else "      -"
+        miou = f"{r['dense_miou']:9.1f}%" if r.get("dense_miou") is not None else "         -"
         mins = f"{r['minutes']:8.1f}" if r.get("minutes") is not None else "       -"
-        lines.append(f"{r['name']:26s} {r['knn_top1']:6.1f}% {lin} {mins}")
+        lines.append(f"{r['name']:26s} {r['knn_top1']:6.1f}% {lin} {miou} {mins}")
     return "\n".join(lines)

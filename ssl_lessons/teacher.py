@@ -34,11 +34,15 @@ def momentum_schedule(progress: float, base: float = 0.996, end: float = 1.0) ->
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """A frozen deep copy of `student`: no gradients, in the teacher's mode (see set_teacher_mode)."""
-    teacher = copy.deepcopy(student)
+    """A deep copy of `student` that follows it only by ema_update: frozen (see `freeze`)."""
+    return freeze(copy.deepcopy(student))
+
+
+def freeze(teacher: nn.Module) -> nn.Module:
+    """`teacher` with no gradients, in the teacher's mode (see set_teacher_mode) whatever mode its owner is put in."""
     for p in teacher.parameters():
         p.requires_grad_(False)
-    teacher.is_momentum_teacher = True  # Method.train keeps it in the teacher's mode
+    teacher.is_teacher = True  # Method.train keeps it in the teacher's mode
     return set_teacher_mode(teacher, training=True)
 
 

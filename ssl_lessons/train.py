@@ -1,11 +1,11 @@
 """The one training loop, for every method (see methods/base.py for what a method provides).
 
 It owns what every run needs: the device (cuda, mps, cpu), seeds, AdamW with cosine lr and weight-decay
-schedules, per-parameter gradient clipping, bf16 autocast on CUDA, a tqdm bar, a history of loss / lr / metrics,
-periodic k-NN, atomic checkpoints with exact resume, DDP or FSDP2 under torchrun (parallel.py; FSDP2's checkpoints are
-sharded and resume at any number of processes), and the final k-NN + linear probe; and,
-when a config asks for it, a high-resolution phase at the end (DINOv2 sec. 4): from step highres_start on, the
-method's global crops are highres_size px (Method.set_global_size), and the checkpoint just before is kept.
+schedules, gradient clipping (Method.clip_gradients), bf16 autocast on CUDA, a tqdm bar, a history of loss / lr /
+metrics, periodic k-NN, atomic checkpoints with exact resume, DDP or FSDP2 under torchrun (parallel.py; FSDP2's
+checkpoints are sharded and resume at any number of processes), and the final k-NN + linear probe; and, when a config
+asks for it, a high-resolution phase at the end (DINOv2 sec. 4): from step highres_start on, the method's global crops
+are highres_size px (Method.set_global_size), and the checkpoint just before is kept.
 
     python -m ssl_lessons train --method simclr --preset cifar10-laptop --set epochs=8
     torchrun --nproc_per_node=2 -m ssl_lessons train --method simclr --preset cifar10-laptop
@@ -32,10 +32,12 @@ from .checkpoint import (FULL_CHECKPOINT, SHARDED_CHECKPOINT, atomic_save, atomi
                          load_sharded, run_lock, save_sharded, sharded_meta)
 from .config import Config, config_from_dict, config_to_dict, flat_config, peak_lr
 from .data import load_dataset
+from .dense import DenseBenchmark, dense_probe, patch_features
+from .diagnostics import linear_cka
 from .errors import CheckpointError, ConfigError, TrainingDiverged, first_line
 from .evaluation import evaluate, knn_top1, split_features
 from .methods import build_method
-from .optim import apply_schedules, clip_gradients, drop_frozen_gradients
+from .optim import apply_schedules, drop_frozen_gradients
 from .parallel import local, memory_per_rank, wrap
 from .schedules import cosine_schedule
 
@@ -114,6 +116,7 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     method = build_method(cfg).to(device)
+    init_patches = initial_patch_features(method.eval_backbone, data, device)  # for the patch CKA to the start
     model = wrap(method, cfg.parallel, world, device, cfg.amp, cfg.activation_checkpointing)
     method = getattr(model, "module", model)  # DDP may have converted BatchNorm layers: the method it runs
     optimizer = torch.optim.AdamW(method.param_groups(), lr=0.0, weight_decay=cfg.weight_decay)
@@ -187,7 +190,11 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     def record_knn():
         evals.append({"step": step, "epoch": step / steps_per_epoch, "bank": min(cfg.knn_bank, n_train),
                       "knn_top1": periodic_knn(method.eval_backbone, data, cfg, device)})
-        bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']})")
+        cka = ""
+        if init_patches is not None:
+            evals[-1]["patch_cka_to_init"] = patch_cka(method.eval_backbone, data, init_patches, device)
+            cka = f", patch CKA to the start {evals[-1]['patch_cka_to_init']:.2f}"
+        bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']}){cka}")
 
     ckpt_step = step
     if highres_start is not None and step > highres_start:
@@ -234,7 +241,7 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
             loss.backward()
             drop_frozen_gradients(optimizer, progress)
             if cfg.clip_grad:
-                clip_gradients(method, cfg.clip_grad)
+                method.clip_gradients(cfg.clip_grad)
             optimizer.step()
             method.after_step(progress)
             step += 1
@@ -262,7 +269,7 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     result = None
     if step >= total_steps:
         result = _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
-                         changes, memory_per_rank(method, optimizer))
+                         changes, memory_per_rank(method, optimizer), init_patches)
     distributed.barrier()
     return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method,
             "optimizer": optimizer}
@@ -291,8 +298,25 @@ def periodic_knn(backbone: nn.Module, data, cfg: Config, device) -> float:
     return knn_top1(train, bank.train_labels, test, bank.test_labels, cfg.knn_k, cfg.knn_temperature)
 
 
+CKA_IMAGES = 32  # test images whose patch tokens the CKA to the start compares (32 x N tokens)
+
+
+def initial_patch_features(backbone: nn.Module, data, device) -> torch.Tensor | None:
+    """The evaluated backbone's patch tokens of the first CKA_IMAGES test images, at its initialisation: (n, N, D),
+    or None when there are none to compare (a ResNet, streamed images). A collective under torchrun."""
+    if not hasattr(backbone, "patch_tokens") or not hasattr(data, "test_images"):
+        return None
+    return patch_features(backbone, data.test_images[:CKA_IMAGES], device=device)
+
+
+def patch_cka(backbone: nn.Module, data, initial: torch.Tensor, device) -> float:
+    """Linear CKA between the backbone's patch tokens now and `initial` (diagnostics.py): 1 = not moved."""
+    now = patch_features(backbone, data.test_images[:CKA_IMAGES], device=device)
+    return linear_cka(now.flatten(0, 1), initial.flatten(0, 1))
+
+
 def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
-            changes, memory: dict) -> dict:
+            changes, memory: dict, init_patches: torch.Tensor | None) -> dict:
     """The final k-NN (and probe) on every rank (collective), written by rank 0; every rank returns the result."""
     result_path = out_dir / "results.json"
     if result_path.exists():
@@ -301,6 +325,12 @@ def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, s
             return result  # this run was finished and evaluated before
     metrics = evaluate(method.eval_backbone, data, device, cfg.knn_k, cfg.knn_temperature, cfg.linear_probe,
                        cfg.eval_batch_size, cfg.probe_max_iter)
+    if init_patches is not None:  # a ViT on images in memory: its patch tokens, measured
+        metrics["patch_cka_to_init"] = patch_cka(method.eval_backbone, data, init_patches, device)
+        if cfg.dense_probe:
+            bench = DenseBenchmark.from_data(data, cfg.patch_size, cfg.dense_mosaics)
+            metrics.update({f"dense_{k}": v for k, v in dense_probe(method.eval_backbone, bench, device,
+                                                                    cfg.eval_batch_size).items()})
     result = {"method": cfg.method, "preset": cfg.preset, **metrics, "train_minutes": train_seconds / 60,
               "steps": step, "epochs": step / steps_per_epoch, "device": str(device),
               "train_images_per_second": step * cfg.batch_size / max(train_seconds, 1e-9),

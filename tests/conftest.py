@@ -57,3 +57,20 @@ def launch(root: Path, modes: list[str], processes: int = 2) -> dict[str, list[d
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {m: [torch.load(root / m / f"rank{r}.pt", weights_only=False) for r in range(processes)] for m in modes}
+
+
+def write_teacher(directory, with_heads=True, seed=3):
+    """An exported teacher as `export` writes it: a small iBOT with separate heads, its teacher's weights in fp16.
+    (its path, the method it came from)"""
+    from ssl_lessons.checkpoint import atomic_save
+    from ssl_lessons.config import config_to_dict, make_config
+    from ssl_lessons.methods import build_method
+    torch.manual_seed(seed)
+    cfg = make_config("smoke", {"method": "ibot", "patch_size": "4", "embed_dim": "32", "separate_heads": "true"})
+    method = build_method(cfg)
+    half = lambda m: {k: v.half() for k, v in m.state_dict().items()}  # noqa: E731
+    record = {"config": config_to_dict(cfg), "backbone": half(method.eval_backbone),
+              "heads": half(torch.nn.ModuleDict(method.export_heads())) if with_heads else {}}
+    path = directory / f"teacher-{seed}.pt"
+    atomic_save(record, path)
+    return str(path), method

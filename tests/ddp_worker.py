@@ -53,7 +53,7 @@ def run_mode(mode: str, out: Path) -> dict:
         return {"codes": iBOTPatchLoss(scores.shape[1], centering="sinkhorn_knopp").targets(rows, teacher_temp=0.05)}
 
     if mode.startswith("engine-"):
-        from ssl_lessons.optim import apply_schedules, clip_gradients, drop_frozen_gradients
+        from ssl_lessons.optim import apply_schedules, drop_frozen_gradients
         from ssl_lessons.parallel import memory_per_rank, wrap
         _, method, parallel, *flags = mode.split("-")
         world = distributed.world_size()
@@ -80,7 +80,7 @@ def run_mode(mode: str, out: Path) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             drop_frozen_gradients(optimizer, progress)
-            clip_gradients(module, 3.0)
+            module.clip_gradients(3.0)  # DINOv2: per student part, a collective under FSDP2
             optimizer.step()
             module.after_step(progress)
             losses.append(distributed.all_reduce_mean(loss.detach().clone()).item())

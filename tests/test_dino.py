@@ -100,7 +100,7 @@ def test_center_moves_by_the_ema_formula_after_the_loss_not_before():
 
 
 def test_centering_off_leaves_the_center_at_zero():
-    loss_fn = DINOLoss(5, centering=False)
+    loss_fn = DINOLoss(5, centering="none")
     loss_fn([torch.randn(2, 5)] * 3, [torch.randn(2, 5) + 3] * 2, 0.04)
     assert torch.equal(loss_fn.center, torch.zeros(1, 5))
 
@@ -205,7 +205,7 @@ def test_collapse_study_has_the_four_runs_of_fig_7():
     configs = collapse_study_configs("smoke")
     assert list(configs) == ["full DINO", "no centering", "no sharpening", "neither"]
     assert configs["no sharpening"].recipe.teacher_temp == configs["no sharpening"].recipe.student_temp
-    assert not configs["neither"].recipe.centering and configs["full DINO"].recipe.centering
+    assert configs["neither"].recipe.centering == "none" and configs["full DINO"].recipe.centering == "ema"
     assert len({c.preset for c in configs.values()}) == 4  # separate run folders
 
 

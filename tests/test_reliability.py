@@ -225,7 +225,7 @@ def test_the_train_command_rebuilds_the_config_exactly(tmp_path):
                                          "linear_probe": "false", "data_source": "/data/my cifar.tar.gz"})
     assert flat_config(rebuild_from_command(train_command(cfg))) == flat_config(cfg)
     from ssl_lessons.config import variant_configs
-    variant = variant_configs("cifar10-laptop", "dino", {"no centering": {"centering": False}})["no centering"]
+    variant = variant_configs("cifar10-laptop", "dino", {"no centering": {"centering": "none"}})["no centering"]
     rebuilt = rebuild_from_command(train_command(variant, out_dir="runs/dino-cifar10-laptop-no-centering"))
     assert {k: v for k, v in flat_config(rebuilt).items() if k not in ("preset", "out_dir")} == \
         {k: v for k, v in flat_config(variant).items() if k not in ("preset", "out_dir")}

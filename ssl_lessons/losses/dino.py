@@ -39,6 +39,31 @@ def teacher_targets(teacher_out: torch.Tensor, center: torch.Tensor, teacher_tem
     return F.softmax((teacher_out.detach() - center) / teacher_temp, dim=-1)
 
 
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """(..., K) probabilities -> (...) entropies in nats."""
+    return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+
+
+@torch.no_grad()
+def target_stats(targets: torch.Tensor, loss: torch.Tensor, weights: torch.Tensor | None = None) -> dict:
+    """What a cross-entropy to teacher targets is made of (Caron et al. 2021, Fig. 7), for the CLS and patch losses:
+
+        CE = H(P_t) + KL(P_t || P_s)          (cross-entropy = entropy + KL, per target row, averaged)
+        prototypes_used = exp H(mean_n P_t)   the perplexity of the batch-mean target: K when every prototype
+                                              gets equal mass, 1 when all targets name the same prototype.
+
+    targets: (N, K); loss = sum_n weights_n CE_n, weights (N,) default 1/N. The averages are weighted means: with the
+    patch loss's weights, which sum to the fraction of crops masked, CE = loss / that fraction. Per rank under DDP."""
+    if weights is None:  # the plain mean
+        return {"teacher_entropy": entropy(targets).mean(), "kl": loss.detach() - entropy(targets).mean(),
+                "prototypes_used": entropy(targets.mean(0)).exp()}
+    total = weights.sum().clamp_min(1e-30)
+    mean_entropy = (entropy(targets) * weights).sum() / total
+    mean_target = (targets * weights[:, None]).sum(0) / total
+    return {"teacher_entropy": mean_entropy, "kl": loss.detach() / total - mean_entropy,
+            "prototypes_used": entropy(mean_target).exp()}
+
+
 def cross_view_cross_entropy(student_out: list[torch.Tensor], targets: list[torch.Tensor],
                              student_temp: float = 0.1) -> torch.Tensor:
     """student_out: V x (B, K) logits, the len(targets) global views first; targets: G x (B, K) probabilities.
@@ -64,12 +89,11 @@ def sinkhorn_targets(teacher_out: torch.Tensor, teacher_temp: float, iterations:
 class DINOLoss(nn.Module):
     """The loss with its state: the center c, a (1, K) buffer (saved in checkpoints; unused by Sinkhorn-Knopp).
 
-    centering: "ema" (DINO), "sinkhorn_knopp" (DINOv2) or "none" (the collapse study); True/False mean "ema"/"none"."""
+    centering: "ema" (DINO), "sinkhorn_knopp" (DINOv2) or "none" (the collapse study)."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: bool | str = "ema", sinkhorn_iterations: int = 3):
+                 centering: str = "ema", sinkhorn_iterations: int = 3):
         super().__init__()
-        centering = {True: "ema", False: "none"}.get(centering, centering)
         if centering not in CENTERINGS:
             raise ValueError(f"centering is one of {CENTERINGS}, got {centering!r}")
         self.student_temp, self.center_momentum, self.centering = student_temp, center_momentum, centering
@@ -86,17 +110,14 @@ class DINOLoss(nn.Module):
     def forward(self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float,
                 with_stats: bool = True) -> tuple[torch.Tensor, dict]:
         """student_out: V x (B, K); teacher_out: G x (B, K) for the G global views. Returns the loss and, if
-        with_stats, {"teacher_entropy": H(P_t), "kl": KL(P_t || P_s)} as scalar tensors, averaged like the loss."""
+        with_stats, {"teacher_entropy": H(P_t), "kl": KL(P_t || P_s), "prototypes_used": the perplexity of the
+        batch-mean target} as scalar tensors, the first two averaged like the loss (target_stats)."""
         student_out = [s.float() for s in student_out]
         teacher_out = [t.float() for t in teacher_out]
         targets = self.targets(teacher_out, teacher_temp)
         loss = cross_view_cross_entropy(student_out, targets, self.student_temp)
-        stats = {}
-        if with_stats:
-            with torch.no_grad():
-                # every target view meets the same number (V - 1) of student views, so the pair mean of H(P_t) is this
-                entropy = torch.stack([-(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean() for p in targets]).mean()
-            stats = {"teacher_entropy": entropy, "kl": loss.detach() - entropy}
+        # every target view meets the same number (V - 1) of student views: the pair mean of H(P_t) is the plain mean
+        stats = target_stats(torch.cat(targets), loss) if with_stats else {}
         self.update_center(torch.cat(teacher_out))
         return loss, stats
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..distributed import all_reduce_sum
-from .dino import CENTERINGS, sinkhorn_targets, teacher_targets
+from .dino import CENTERINGS, sinkhorn_targets, target_stats, teacher_targets
 
 
 def masked_token_weights(masks: torch.Tensor) -> torch.Tensor:
@@ -64,13 +64,15 @@ class iBOTPatchLoss(nn.Module):
         return teacher_targets(teacher_logits.float(), self.center, teacher_temp)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, masks: torch.Tensor,
-                teacher_temp: float) -> torch.Tensor:
-        """student_logits, teacher_logits: (M, K) at the masked positions of masks (B, N). Updates the center
-        after computing the targets (eq. 4 of DINO, for patches)."""
+                teacher_temp: float, with_stats: bool = False) -> tuple[torch.Tensor, dict]:
+        """student_logits, teacher_logits: (M, K) at the masked positions of masks (B, N). Returns the loss and, if
+        with_stats, the patch targets' {"teacher_entropy", "kl", "prototypes_used"} (losses/dino.py's target_stats,
+        weighted as the loss weighs each token). Updates the center after computing the targets (DINO's eq. 4)."""
         targets = self.targets(teacher_logits, teacher_temp)
         loss = masked_patch_cross_entropy(student_logits.float(), targets, masks, self.student_temp)
+        stats = target_stats(targets, loss, masked_token_weights(masks) / masks.shape[0]) if with_stats else {}
         self.update_center(teacher_logits)
-        return loss
+        return loss, stats
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:

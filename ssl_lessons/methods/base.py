@@ -14,7 +14,9 @@ The loop calls, every step:
                                                           # (streamed data: crops come from DataLoader workers,
                                                           #  then crops = method.complete_views(crops, generator))
     loss, logs = model(crops, diagnostics=log_now)        # model = method, or DDP(method); logs only if asked
-    loss.backward(); optimizer.step()                     # on method.param_groups(): lr x multiplier, freezes
+    loss.backward()
+    method.clip_gradients(cfg.clip_grad)                  # each tensor on its own, unless a method says otherwise
+    optimizer.step()                                      # on method.param_groups(): lr x multiplier, freezes
     method.after_step(progress)                           # e.g. update a momentum teacher
 
 saves `state_dict()` (identical on every rank) and `rank_state()` (each rank's own, e.g. SwAV's queue), and
@@ -26,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..crops import Crops, MultiCrop
-from ..optim import parameter_groups
+from ..optim import clip_gradients, parameter_groups
 from ..teacher import set_teacher_mode
 
 
@@ -74,6 +76,11 @@ class Method(nn.Module):
         """AdamW parameter groups (optim.py): weight decay on weight matrices only, lr multiplier 1, none frozen."""
         return parameter_groups(self.named_parameters())
 
+    def clip_gradients(self, max_norm: float) -> None:
+        """Clip the gradients before the step: each parameter tensor to norm max_norm on its own (DINO's
+        utils.clip_gradients, which the official SwAV, DINO and iBOT code share)."""
+        clip_gradients(self, max_norm)
+
     def rank_state(self) -> dict:
         """State that differs between ranks (not in state_dict, which DDP keeps identical): saved per rank."""
         return {}
@@ -84,7 +91,7 @@ class Method(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         for m in self.modules():
-            if getattr(m, "is_momentum_teacher", False):
+            if getattr(m, "is_teacher", False):
                 set_teacher_mode(m, mode)
         return self
 

@@ -21,9 +21,9 @@ from ..augment import DINO_GLOBAL_VIEWS, DINO_LOCAL_VIEW
 from ..config import require
 from ..crops import MultiCropRecipe
 from ..heads import DINOHead
-from ..losses.dino import DINOLoss
+from ..losses.dino import CENTERINGS, DINOLoss
 from ..optim import heads_last_layer_frozen_until, parameter_groups
-from ..teacher import ema_update, make_teacher, momentum_schedule
+from ..teacher import ema_update, freeze, make_teacher, momentum_schedule
 from .base import Method
 
 
@@ -40,19 +40,24 @@ class DINORecipe(MultiCropRecipe):
     teacher_temp: float = 0.07          # reached after the warm-up ...
     teacher_temp_start: float = 0.04    # ... from this value
     teacher_temp_warmup: float = 0.3    # fraction of training (the paper: 30 of 100 epochs)
-    centering: bool = True              # False: the collapse study's "no centering" run
-    center_momentum: float = 0.9
+    centering: str = "ema"              # of the teacher's outputs, for every loss: "ema" (DINO's center),
+                                        # "sinkhorn_knopp" (DINOv2) or "none" (the collapse study)
+    center_momentum: float = 0.9        # the EMA center's momentum (centering="ema")
+    sinkhorn_iterations: int = 3        # Sinkhorn-Knopp's iterations (centering="sinkhorn_knopp")
     teacher_momentum: float = 0.996     # EMA momentum at the start; cosine up to teacher_momentum_end
     teacher_momentum_end: float = 1.0
 
     def validate(self, cfg) -> None:
         super().validate(cfg)
-        for key in ("out_dim", "hidden_dim", "bottleneck_dim", "student_temp", "teacher_temp", "teacher_temp_start"):
+        for key in ("out_dim", "hidden_dim", "bottleneck_dim", "student_temp", "teacher_temp", "teacher_temp_start",
+                    "sinkhorn_iterations"):
             require(getattr(self, key) > 0, f"{key} must be positive, got {getattr(self, key)}")
         for key in ("freeze_last_layer", "center_momentum", "teacher_momentum", "teacher_momentum_end"):
             require(0 <= getattr(self, key) <= 1, f"{key} must be in [0, 1], got {getattr(self, key)}")
         require(0 <= self.teacher_temp_warmup < 1,
                 f"teacher_temp_warmup is a fraction of training in [0, 1), got {self.teacher_temp_warmup}")
+        require(self.centering in CENTERINGS,
+                f"centering is one of {', '.join(CENTERINGS)}, got {self.centering!r}")
 
 
 def teacher_temperature(progress: float, start: float = 0.04, end: float = 0.07, warmup: float = 0.3) -> float:
@@ -64,6 +69,13 @@ def teacher_temperature(progress: float, start: float = 0.04, end: float = 0.07,
 
 
 class DINO(Method):
+    """The DINO family's model (dinov2's `SSLMetaArch`): a student (backbone and heads), a teacher of the same
+    shape, and the losses between them. DINO, iBOT and DINOv2 grow it (methods/ibot.py, dinov2.py); distillation
+    (methods/distill.py) is the same model with a trained, frozen teacher passed in instead of the momentum one.
+
+    Where each concept lives: the student's heads in `build_heads`, the teacher in `__init__` (an EMA copy of
+    the student unless one is given), its outputs in `teacher_output` (the one no-grad place), the centring and
+    sharpening of those outputs in the losses (losses/dino.py, losses/ibot.py: one `centering` setting for all)."""
     Recipe = DINORecipe
     DEFAULTS = dict(weight_decay=0.04, weight_decay_end=0.4, global_pool="token")
     PRESETS = {
@@ -84,38 +96,46 @@ class DINO(Method):
                                      global_scale_min=0.4, local_scale_min=0.05, parallel="ddp"),
     }
 
-    def __init__(self, backbone, recipe: DINORecipe = DINORecipe(), image_size: int = 32):
+    def __init__(self, backbone, recipe: DINORecipe = DINORecipe(), image_size: int = 32,
+                 teacher: nn.ModuleDict | None = None):
+        """teacher: a trained teacher with the student's parts (backbone, head[, patch_head]), kept frozen
+        (distillation); None: the momentum teacher, an EMA copy of the student."""
         super().__init__()
         self.recipe = recipe
         self.backbone = backbone
-        self.head = DINOHead(backbone.embed_dim, recipe.out_dim, recipe.hidden_dim, recipe.bottleneck_dim,
-                             recipe.norm_last_layer)
-        self.teacher = make_teacher(self.student)
-        self.loss = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum,
-                             self.centering_mode if recipe.centering else "none")
+        self.build_heads()
+        self.teacher = make_teacher(self.student) if teacher is None else freeze(teacher)
+        self.loss = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum, recipe.centering,
+                             recipe.sinkhorn_iterations)
         self.crops = recipe.multicrop(image_size, DINO_GLOBAL_VIEWS, **DINO_LOCAL_VIEW)
         self.teacher_temp_schedule = dict(start=recipe.teacher_temp_start, end=recipe.teacher_temp,
                                           warmup=recipe.teacher_temp_warmup)
         self.teacher_temp = teacher_temperature(0.0, **self.teacher_temp_schedule)
 
-    @property
-    def centering_mode(self) -> str:
-        """How the teacher's outputs are centred (losses/dino.py): DINO's EMA center; DINOv2 may say otherwise."""
-        return "ema"
+    def build_heads(self) -> None:
+        """The student's heads on top of its backbone: DINO's one head on the CLS token."""
+        r = self.recipe
+        self.head = DINOHead(self.backbone.embed_dim, r.out_dim, r.hidden_dim, r.bottleneck_dim, r.norm_last_layer)
 
     @property
     def student(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"backbone": self.backbone, "head": self.head})
+        """The student's parts by name, as the teacher has them: {"backbone", "head"[, "patch_head"]}."""
+        return nn.ModuleDict({name: getattr(self, name) for name in ("backbone", "head", "patch_head")
+                              if hasattr(self, name)})
 
     def before_step(self, progress):
         self.teacher_temp = teacher_temperature(progress, **self.teacher_temp_schedule)
 
+    @torch.no_grad()
+    def teacher_output(self, crops) -> dict:
+        """The teacher's head outputs (logits) for the global crops, seen whole: {"cls": (G*B, K)} (dinov2's
+        `get_teacher_output`; the losses turn them into targets)."""
+        return {"cls": self.teacher.head(self.teacher.backbone.forward_tokens(crops.global_crops)["pooled"])}
+
     def forward(self, crops, diagnostics=False):
         features = torch.cat([f["pooled"] for f in self.backbone.forward_tokens(crops.by_size())])  # (V*B, D)
         student_out = self.head(features).chunk(crops.n_views)                                     # V x (B, K)
-        with torch.no_grad():
-            teacher_features = self.teacher.backbone.forward_tokens(crops.global_crops)["pooled"]
-            teacher_out = self.teacher.head(teacher_features).chunk(crops.n_global)               # G x (B, K)
+        teacher_out = self.teacher_output(crops)["cls"].chunk(crops.n_global)                      # G x (B, K)
         loss, stats = self.loss(list(student_out), list(teacher_out), self.teacher_temp, with_stats=diagnostics)
         return loss, ({**stats, "teacher_temp": self.teacher_temp} if diagnostics else {})
 
@@ -143,9 +163,9 @@ class DINO(Method):
 # (tau_t = tau_s), and without either.
 COLLAPSE_VARIANTS = {
     "full DINO": {},
-    "no centering": {"centering": False},
+    "no centering": {"centering": "none"},
     "no sharpening": {"teacher_temp_start": 0.1, "teacher_temp": 0.1},
-    "neither": {"centering": False, "teacher_temp_start": 0.1, "teacher_temp": 0.1},
+    "neither": {"centering": "none", "teacher_temp_start": 0.1, "teacher_temp": 0.1},
 }
 COLLAPSE_EPOCHS = {"cifar10-laptop": 0.4}
 

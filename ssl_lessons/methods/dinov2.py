@@ -4,18 +4,23 @@ teacher, a CLS loss and a masked-patch loss); what DINOv2 changes, each a field 
 
 - **two heads**: the CLS tokens go through a DINO head, the masked patch tokens through an iBOT head of their own
   (`separate_heads`, dinov2's `ibot.separate_head: true`); iBOT's shared head stays a switch;
-- **Sinkhorn-Knopp centering** of the teacher (`sinkhorn_centering`; dinov2's `train.centering: sinkhorn_knopp`):
-  the teacher's CLS outputs of both global crops, and its masked patch outputs, each become the balanced codes of
-  SwAV (3 iterations, epsilon = the teacher temperature; sinkhorn.py, the one implementation), instead of
-  softmax((g - c) / tau) with an EMA center c. False: DINO's EMA centering;
+- **Sinkhorn-Knopp centering** of the teacher (`centering="sinkhorn_knopp"`; dinov2's `train.centering`): the
+  teacher's CLS outputs of both global crops, and its masked patch outputs, each become the balanced codes of SwAV
+  (`sinkhorn_iterations` 3, epsilon = the teacher temperature; sinkhorn.py, the one implementation), instead of
+  softmax((g - c) / tau) with an EMA center c ("ema", DINO's);
 - **KoLeo** on the student's backbone CLS tokens of each global crop (losses/koleo.py), weight 0.1:
 
       L = L_DINO(CLS) + λ_iBOT · L_iBOT(masked patches) + 0.1 · sum_{global crops g} L_KoLeo(CLS_g);
 
 - **LayerScale** (1e-5) in every block, optional **register tokens**, **stochastic depth**: timm's ViT (Config
   fields layerscale_init, register_tokens, drop_path_rate; the teacher runs without drop path);
+- **heads as dinov2's `DINOHead`**: the last layer's weight-norm gain g starts at 1 and is trained
+  (`norm_last_layer=False`; DINO v1 fixes it);
 - **optimisation**: lr for batch 1024 scaled by sqrt(batch / 1024), layer-wise lr decay 0.9 with the patch
-  embedding at x0.2 (optim.vit_layer_decay), teacher momentum 0.992 -> 1, weight decay 0.04 -> 0.4;
+  embedding at x0.2 (optim.vit_layer_decay), teacher momentum 0.992 -> 1, weight decay 0.04 -> 0.4; gradients
+  clipped to norm 3 per student part (backbone, each head: dinov2's `v.clip_grad_norm_` for v in student), and the
+  heads' last layers frozen for the first epoch by an lr of 0 (dinov2's `last_layer_lr_schedule`: AdamW's moments
+  keep moving; DINO v1 drops the gradients instead);
 - an optional **high-resolution phase** at the end of training (Config highres_size, highres_fraction; train.py).
 
 dinov2's values are the defaults here, each with its source beside it; the laptop preset changes what a 15-minute
@@ -29,7 +34,7 @@ import torch
 
 from ..config import require
 from ..losses.koleo import KoLeoLoss
-from ..optim import parameter_groups, vit_layer_decay
+from ..optim import clip_total_norm, parameter_groups, vit_layer_decay
 from .ibot import iBOT, iBOTRecipe
 
 
@@ -40,8 +45,8 @@ class DINOv2Recipe(iBOTRecipe):
     global_scale_min: float = 0.32      # crops.global_crops_scale (0.32, 1)
     local_scale_min: float = 0.05       # crops.local_crops_scale (0.05, 0.32)
     separate_heads: bool = True         # ibot.separate_head (true in the released ViT-L/g configs)
-    sinkhorn_centering: bool = True     # train.centering: sinkhorn_knopp (the released configs); False = EMA center
-    sinkhorn_iterations: int = 3        # sinkhorn_knopp_teacher's n_iterations
+    centering: str = "sinkhorn_knopp"   # train.centering (the released configs); sinkhorn_knopp_teacher: 3 iterations
+    norm_last_layer: bool = False       # dinov2's DINOHead: weight_g filled with 1 and trained
     koleo_loss_weight: float = 0.1      # dino.koleo_loss_weight
     layer_decay: float = 0.9            # optim.layerwise_decay (1.0 = none)
     patch_embed_lr_mult: float = 0.2    # optim.patch_embed_lr_mult
@@ -50,7 +55,6 @@ class DINOv2Recipe(iBOTRecipe):
 
     def validate(self, cfg) -> None:
         super().validate(cfg)
-        require(self.sinkhorn_iterations >= 1, f"sinkhorn_iterations must be >= 1, got {self.sinkhorn_iterations}")
         require(self.koleo_loss_weight >= 0, f"koleo_loss_weight must be >= 0, got {self.koleo_loss_weight}")
         require(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}")
         require(self.patch_embed_lr_mult > 0, f"patch_embed_lr_mult must be positive, got {self.patch_embed_lr_mult}")
@@ -96,13 +100,10 @@ class DINOv2(iBOT):
                                        sequence_packing=True, efficient_drop_path=True),
     }
 
-    def __init__(self, backbone, recipe: DINOv2Recipe = DINOv2Recipe(), image_size: int = 32):
-        super().__init__(backbone, recipe, image_size)
+    def __init__(self, backbone, recipe: DINOv2Recipe = DINOv2Recipe(), image_size: int = 32,
+                 teacher: torch.nn.ModuleDict | None = None):
+        super().__init__(backbone, recipe, image_size, teacher)
         self.koleo = KoLeoLoss()
-
-    @property
-    def centering_mode(self) -> str:
-        return "sinkhorn_knopp" if self.recipe.sinkhorn_centering else "ema"
 
     def loss_terms(self, crops, diagnostics=False, tokens=None):
         tokens = self.student_tokens(crops) if tokens is None else tokens
@@ -119,7 +120,13 @@ class DINOv2(iBOT):
 
     def param_groups(self):
         return parameter_groups(self.named_parameters(), lr_multiplier=self.lr_multiplier,
-                                frozen_until=self.frozen_until)
+                                frozen_until=self.frozen_until, frozen_by="zero_lr")
+
+    def clip_gradients(self, max_norm: float) -> None:
+        """dinov2's train.py: `for v in model.student.values(): v.clip_grad_norm_(clip_grad)`: the total gradient
+        norm of each student part on its own."""
+        for part in self.student.values():
+            clip_total_norm(part.parameters(), max_norm)
 
 
 # The ablation of lesson 6, in the spirit of the paper's Table 1: the full recipe against one change at a time,
@@ -127,7 +134,7 @@ class DINOv2(iBOT):
 ABLATION_VARIANTS = {
     "full DINOv2": {},
     "no KoLeo": {"koleo_loss_weight": 0.0},
-    "EMA centering": {"sinkhorn_centering": False},
+    "EMA centering": {"centering": "ema"},
     "shared head": {"separate_heads": False},
     "4 registers": {"register_tokens": 4},
 }
@@ -154,8 +161,8 @@ def feature_uniformity(features: torch.Tensor) -> float:
 
 
 def ablation_study(preset: str = "cifar10-laptop", show_progress: bool = True) -> dict[str, dict]:
-    """Train (or resume, or read back) every ablation variant; {variant: {"knn_top1", "linear_top1", "uniformity",
-    "train_minutes"}}, the uniformity measured on the test images' features of the evaluated backbone."""
+    """Train (or resume, or read back) every ablation variant; {variant: {"knn_top1", "linear_top1", "dense_miou",
+    "uniformity", "train_minutes"}}, the uniformity measured on the test images' features of the evaluated backbone."""
     from ..data import load_dataset
     from ..evaluation import extract_features
     from ..train import pick_device, train
@@ -168,6 +175,7 @@ def ablation_study(preset: str = "cifar10-laptop", show_progress: bool = True) -
         features = extract_features(run["method"].eval_backbone, data.test_images, cfg.eval_batch_size,
                                     pick_device(cfg.device), desc="uniformity")
         rows[name] = {"knn_top1": result["knn_top1"], "linear_top1": result.get("linear_top1"),
+                      "dense_miou": result.get("dense_miou"),
                       "uniformity": feature_uniformity(features), "train_minutes": result["train_minutes"],
                       "out_dir": str(run["out_dir"])}
     return rows

@@ -26,7 +26,6 @@ from ..config import require
 from ..heads import DINOHead
 from ..losses.ibot import iBOTPatchLoss
 from ..masking import BatchMasker
-from ..teacher import make_teacher
 from .dino import DINO, DINORecipe
 
 
@@ -56,30 +55,27 @@ class iBOT(DINO):
     PRESETS = {"cifar10-laptop": dict(DINO.PRESETS["cifar10-laptop"], epochs=1.2),
                "smoke": DINO.PRESETS["smoke"]}
 
-    def __init__(self, backbone, recipe: iBOTRecipe = iBOTRecipe(), image_size: int = 32):
-        super().__init__(backbone, recipe, image_size)
+    def __init__(self, backbone, recipe: iBOTRecipe = iBOTRecipe(), image_size: int = 32,
+                 teacher: nn.ModuleDict | None = None):
+        super().__init__(backbone, recipe, image_size, teacher)
         patch_out_dim = (recipe.patch_out_dim or recipe.out_dim) if recipe.separate_heads else recipe.out_dim
-        if recipe.separate_heads:
-            self.patch_head = DINOHead(backbone.embed_dim, patch_out_dim, recipe.hidden_dim, recipe.bottleneck_dim,
-                                       recipe.norm_last_layer)
-            self.teacher = make_teacher(self.student)  # DINO's teacher had no patch head
-        self.patch_loss = iBOTPatchLoss(patch_out_dim, recipe.student_temp, recipe.center_momentum,
-                                        self.centering_mode)
+        self.patch_loss = iBOTPatchLoss(patch_out_dim, recipe.student_temp, recipe.center_momentum, recipe.centering,
+                                        recipe.sinkhorn_iterations)
         self.set_global_size(image_size)
+
+    def build_heads(self) -> None:
+        """DINO's head, and with `separate_heads` a patch head of its own (K = patch_out_dim)."""
+        super().build_heads()
+        r = self.recipe
+        if r.separate_heads:
+            self.patch_head = DINOHead(self.backbone.embed_dim, r.patch_out_dim or r.out_dim, r.hidden_dim,
+                                       r.bottleneck_dim, r.norm_last_layer)
 
     def set_global_size(self, size: int) -> None:
         """Global crops of `size` px, and masks for their grid of patches."""
         super().set_global_size(size)
-        grid = size // self.backbone.patch_size
-        self.masker = BatchMasker((grid, grid), self.recipe.mask_probability, self.recipe.mask_ratio_min,
-                                  self.recipe.mask_ratio_max)
-
-    @property
-    def student(self) -> nn.ModuleDict:
-        parts = {"backbone": self.backbone, "head": self.head}
-        if hasattr(self, "patch_head"):  # separate_heads (set after DINO's constructor made the first teacher)
-            parts["patch_head"] = self.patch_head
-        return nn.ModuleDict(parts)
+        self.masker = BatchMasker(size, self.backbone.patch_size, self.recipe.mask_probability,
+                                  self.recipe.mask_ratio_min, self.recipe.mask_ratio_max)
 
     def complete_views(self, crops, generator=None):
         crops.masks = self.masker(len(crops.global_crops), generator).to(crops.global_crops.device)  # (G*B, N)
@@ -96,33 +92,37 @@ class iBOT(DINO):
         """The student backbone's tokens: [masked global crops, local crops] (one pass per crop size)."""
         return self.backbone.forward_tokens(crops.by_size(), [crops.masks] + [None] * (len(crops.by_size()) - 1))
 
+    @torch.no_grad()
+    def teacher_output(self, crops) -> dict:
+        """The teacher's head outputs for the global crops, seen whole: {"cls": (G*B, K), "patch": (M, K_p) at the
+        M masked positions} (dinov2's `get_teacher_output`)."""
+        tokens = self.teacher.backbone.forward_tokens(crops.global_crops)
+        cls, patch = self.heads(self.teacher, tokens["pooled"], tokens["patch"][crops.masks])
+        return {"cls": cls, "patch": patch}
+
     def loss_terms(self, crops, diagnostics=False, tokens=None) -> tuple[dict, dict]:
-        """{"cls_loss": ..., "patch_loss": λ * ...} (their sum is the loss), and the diagnostics if asked for.
+        """{"cls_loss": ..., "patch_loss": λ * ...} (their sum is the loss), and the diagnostics if asked for: each
+        loss's target entropy, KL and prototypes used (the patch loss's prefixed "patch_").
         `tokens`: student_tokens(crops), when the caller needs them too (DINOv2 adds KoLeo on their CLS)."""
-        masks = crops.masks
         tokens = self.student_tokens(crops) if tokens is None else tokens
         cls = torch.cat([t["pooled"] for t in tokens])                              # (V*B, D)
-        masked_patches = tokens[0]["patch"][masks]                                  # (M, D)
-        with torch.no_grad():
-            teacher = self.teacher.backbone.forward_tokens(crops.global_crops)      # whole crops, no mask
-            teacher_cls, teacher_patches = teacher["pooled"], teacher["patch"][masks]
-        student_cls_out, student_patch_out = self._heads(self.head, getattr(self, "patch_head", None), cls,
-                                                         masked_patches)
-        with torch.no_grad():
-            teacher_cls_out, teacher_patch_out = self._heads(self.teacher.head, getattr(self.teacher, "patch_head", None),
-                                                             teacher_cls, teacher_patches)
-        cls_loss, stats = self.loss(list(student_cls_out.chunk(crops.n_views)), list(teacher_cls_out.chunk(crops.n_global)),
+        student_cls_out, student_patch_out = self.heads(self.student, cls, tokens[0]["patch"][crops.masks])
+        teacher = self.teacher_output(crops)
+        cls_loss, stats = self.loss(list(student_cls_out.chunk(crops.n_views)), list(teacher["cls"].chunk(crops.n_global)),
                                     self.teacher_temp, with_stats=diagnostics)
-        patch_loss = self.patch_loss(student_patch_out, teacher_patch_out, masks, self.teacher_temp)
+        patch_loss, patch_stats = self.patch_loss(student_patch_out, teacher["patch"], crops.masks, self.teacher_temp,
+                                                  with_stats=diagnostics)
         terms = {"cls_loss": cls_loss, "patch_loss": self.recipe.patch_loss_weight * patch_loss}
         if diagnostics:
-            stats = {**stats, "masked_fraction": masks.float().mean(), "teacher_temp": self.teacher_temp}
+            stats = {**stats, **{f"patch_{k}": v for k, v in patch_stats.items()},
+                     "masked_fraction": crops.masks.float().mean(), "teacher_temp": self.teacher_temp}
         return terms, stats
 
     @staticmethod
-    def _heads(head, patch_head, cls, patches):
-        """(CLS logits, patch logits): one call of the shared head on both, or each through its own head."""
-        if patch_head is None:
-            out = head(torch.cat([cls, patches]))
+    def heads(parts: nn.ModuleDict, cls: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CLS logits, patch logits) of the student's or the teacher's heads: one call of the shared head on both,
+        or each through its own head (`patch_head`)."""
+        if "patch_head" not in parts:
+            out = parts.head(torch.cat([cls, patches]))
             return out[:len(cls)], out[len(cls):]
-        return head(cls), patch_head(patches)
+        return parts.head(cls), parts.patch_head(patches)
