@@ -8,8 +8,6 @@ of `attn_drop`, where timm's unfused path applies dropout to it. That works for 
 """
 from __future__ import annotations
 
-import socket
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -62,28 +60,6 @@ def keep_attention_mass(maps: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int], mode: str = "nearest") -> torch.Tensor:
     """(B, heads, h, w) -> (B, heads, *size): patch-grid maps at image resolution."""
     return F.interpolate(maps.float(), size=size, mode=mode)
-
-
-def online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether `host` answers within `timeout` seconds."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def load_pretrained_dino(name: str = "vit_small_patch16_224.dino") -> tuple[nn.Module | None, str]:
-    """The official DINO weights through timm (downloaded from the Hugging Face hub), or (None, reason)."""
-    import timm
-
-    if not online():
-        return None, f"offline: huggingface.co is unreachable, so {name} cannot be downloaded; skipped"
-    try:
-        model = timm.create_model(name, pretrained=True, num_classes=0).eval()
-    except Exception as e:  # network refused mid-way, no such tag in this timm version, ...
-        return None, f"could not load {name}: {type(e).__name__}: {e}"
-    return model, f"loaded {name} through timm"
 
 
 @torch.no_grad()

@@ -57,7 +57,8 @@ class Config:
     weight_decay_end: float = 0.05
     clip_grad: float = 3.0          # max gradient norm: per tensor, or per part as a method says (0 = none)
     highres_size: int = 0           # > 0: the last highres_fraction of training uses global crops of this size
-    highres_fraction: float = 0.0   # (DINOv2's short high-resolution phase, sec. 4; 0 = none)
+    highres_fraction: float = 0.0   # (DINOv2's short high-resolution phase, sec. 4; 0 = none), which runs every
+    highres_lr_scale: float = 0.5   # schedule again, compressed, at this fraction of the peak lr (App. B.2)
     # --- bookkeeping ------------------------------------------------------------------------------
     seed: int = 0
     device: str = "auto"            # auto = cuda, then mps, then cpu
@@ -190,6 +191,7 @@ def validate(cfg: Config) -> Config:
             f"data_loading is 'auto', 'memory' or 'stream', got {cfg.data_loading!r}")
     require(cfg.parallel in ("ddp", "fsdp"), f"parallel is 'ddp' or 'fsdp', got {cfg.parallel!r}")
     require(cfg.lr_scaling in ("linear", "sqrt"), f"lr_scaling is 'linear' or 'sqrt', got {cfg.lr_scaling!r}")
+    require(0 < cfg.highres_lr_scale <= 1, f"highres_lr_scale is in (0, 1], got {cfg.highres_lr_scale}")
     require(0 <= cfg.highres_fraction < 1, f"highres_fraction is a fraction of training in [0, 1), got "
                                            f"{cfg.highres_fraction}")
     require((cfg.highres_size > 0) == (cfg.highres_fraction > 0),

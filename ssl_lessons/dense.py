@@ -29,7 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from . import distributed
 from .backbones import backbone_from_config
 from .data import normalize
-from .evaluation import feature_mode, probe_predictions
+from .evaluation import extract_patch_tokens, probe_predictions
 
 NUM_CLASSES = 10
 
@@ -75,20 +75,6 @@ def patch_labels(pixel_labels: torch.Tensor, patch_size: int, num_classes: int =
 def pixel_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """The raw-pixel yardstick of a patch: its standardised pixels. (n, 3, H, W) uint8 -> (n, N, 3 p^2)."""
     return F.unfold(normalize(images), kernel_size=patch_size, stride=patch_size).transpose(1, 2)
-
-
-@torch.no_grad()
-def patch_features(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int = 256,
-                   device="cpu") -> torch.Tensor:
-    """A ViT backbone's patch tokens (backbone.patch_tokens) of uint8 images: (n, N, D) float32 on the CPU. Under
-    torchrun every rank takes part (the backbone may be sharded) and every rank returns all n."""
-    own = images[torch.tensor(distributed.own_share(len(images)))]
-    out = []
-    with feature_mode(backbone):
-        for start in range(0, len(own), batch_size):
-            out.append(backbone.patch_tokens(normalize(own[start:start + batch_size].to(device))).float().cpu())
-    tokens = torch.cat(out)
-    return distributed.all_gather_rows(tokens.flatten(1)).view(-1, *tokens.shape[1:])[:len(images)]
 
 
 def segmentation_scores(predictions: torch.Tensor, labels: torch.Tensor,
@@ -137,8 +123,8 @@ def dense_probe(backbone: torch.nn.Module, bench: DenseBenchmark, device="cpu", 
                 max_iter: int = 200) -> dict[str, float]:
     """{"miou", "patch_accuracy"} (%) of a linear probe on `backbone`'s frozen patch tokens (a collective under
     torchrun; every rank returns the result)."""
-    train = patch_features(backbone, bench.train.images, batch_size, device)
-    test = patch_features(backbone, bench.test.images, batch_size, device)
+    train = extract_patch_tokens(backbone, bench.train.images, batch_size, device)
+    test = extract_patch_tokens(backbone, bench.test.images, batch_size, device)
     result = bench.score(train, test, max_iter) if distributed.is_main() else None
     return distributed.broadcast_object(result)
 

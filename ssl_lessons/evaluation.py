@@ -38,6 +38,20 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 5
     return distributed.all_gather_rows(torch.cat(out)).cpu()[:len(images)]
 
 
+@torch.no_grad()
+def extract_patch_tokens(backbone: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                         device="cpu") -> torch.Tensor:
+    """uint8 images (n, 3, H, W) -> a ViT backbone's final patch tokens (backbone.patch_tokens) (n, N, D), float32
+    on the CPU: extract_features for every patch. A collective under torchrun, like extract_features."""
+    own = images[torch.tensor(distributed.own_share(len(images)))]
+    out = []
+    with feature_mode(backbone):
+        for start in range(0, len(own), batch_size):
+            out.append(backbone.patch_tokens(normalize(own[start:start + batch_size].to(device))).float().cpu())
+    tokens = torch.cat(out)
+    return distributed.all_gather_rows(tokens.flatten(1)).view(-1, *tokens.shape[1:])[:len(images)]
+
+
 @contextmanager
 def feature_mode(model: nn.Module):
     """Eval mode for a feature extraction, then every submodule's mode restored exactly (a teacher keeps its own)."""

@@ -8,17 +8,25 @@ the run's log). A lesson loads one next to its short live run and says which res
 
 `export` takes the train command's own options, so it finds the same run folder; it refuses a run whose saved
 config differs from them, and records the train command that rebuilds the run's own saved config.
+
+The released weights of the papers are here too, through timm, where the machine is online (`load_official`):
+DINO's ViT-S/16 and DINOv2's ViT-S/14 with and without registers, drawn by lessons 4-6 with the same code as the
+course's backbones (attention.py, pca.py). Offline, the lesson says so in one line and goes on.
 """
 from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
+import timm
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import atomic_save, load_checkpoint, run_checkpoint
 from .config import Config, config_from_dict, config_to_dict, flat_config, train_command
+from .data import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .errors import CheckpointError, ConfigError
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
@@ -133,3 +141,44 @@ def load_run_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, Config]:
         method = build_method(cfg)
     method.load_state_dict(ckpt["method"])
     return method.eval_backbone.eval(), cfg
+
+
+# the released ViT-S of each paper, by timm's name (the DINOv2 ones at 518 px, the size of their final phase)
+OFFICIAL_MODELS = {"DINO ViT-S/16": "vit_small_patch16_224.dino",
+                   "DINOv2 ViT-S/14": "vit_small_patch14_dinov2.lvd142m",
+                   "DINOv2 ViT-S/14 + 4 registers": "vit_small_patch14_reg4_dinov2.lvd142m"}
+
+
+def online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether `host` answers within `timeout` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def official_model(name: str, pretrained: bool = True) -> torch.nn.Module:
+    """timm's model `name` (a value of OFFICIAL_MODELS) in eval mode, without a classifier, taking any image size
+    whose sides are multiples of the patch (the position embeddings are resampled). pretrained=False: the same
+    network with random weights, which needs no network (the tests draw with it)."""
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True).eval()
+
+
+def load_official(name: str) -> tuple[torch.nn.Module | None, str]:
+    """(the released model `name` through timm, a one-line message), or (None, why not) when it cannot be had."""
+    if not online():
+        return None, f"offline: huggingface.co is unreachable, so {name} cannot be downloaded; skipped"
+    try:
+        model = official_model(name)
+    except Exception as e:  # noqa: BLE001 — refused mid-way, a tag unknown to this timm version, a full disk, ...
+        return None, f"could not load {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return model, f"loaded {name} through timm"
+
+
+def official_view(images: torch.Tensor, size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 CIFAR-10 images (n, 3, h, w) as the released models take them: resized to `size` (bicubic) and
+    normalised with ImageNet's statistics. (the resized uint8 images to draw, the normalised input)"""
+    big = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
+    big = big.round().clamp(0, 255).to(torch.uint8)
+    return big, normalize(big, IMAGENET_MEAN, IMAGENET_STD)

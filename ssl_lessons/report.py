@@ -11,15 +11,20 @@ LESSONS = [("SimCLR", "simclr"), ("BYOL", "byol"), ("SwAV", "swav"), ("DINO", "d
            ("DINOv2", "dinov2"), ("DINOv2 distilled", "distill")]
 
 
-def lesson_table(preset: str = "cifar10-laptop") -> list[dict]:
+def lesson_table(preset: str = "cifar10-laptop", up_to: str | None = None) -> list[dict]:
     """Rows {name, knn_top1, linear_top1, dense_miou, minutes, source} for the yardsticks and each finished lesson
-    run (dense_miou: the mosaic probe of dense.py, for ViTs)."""
+    run (dense_miou: the mosaic probe of dense.py, for ViTs), in lesson order and up to the lesson of method
+    `up_to` (a lesson shows what came before it, not what comes after)."""
+    methods = [method for _, method in LESSONS]
+    if up_to is not None and up_to not in methods:
+        raise ValueError(f"up_to is one of {', '.join(methods)}, got {up_to!r}")
+    lessons = LESSONS[:methods.index(up_to) + 1] if up_to else LESSONS
     rows = []
     marks = yardstick_path(make_config(preset))
     if marks.exists():
         for name, m in json.loads(marks.read_text()).items():
             rows.append({"name": f"{name} (lesson 0)", **m, "minutes": None, "source": str(marks)})
-    for name, method in LESSONS:
+    for name, method in lessons:
         path = RUNS_DIR / f"{method}-{preset}" / "results.json"
         if path.exists():
             r = json.loads(path.read_text())

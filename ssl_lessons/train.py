@@ -32,10 +32,10 @@ from .checkpoint import (FULL_CHECKPOINT, SHARDED_CHECKPOINT, atomic_save, atomi
                          load_sharded, run_lock, save_sharded, sharded_meta)
 from .config import Config, config_from_dict, config_to_dict, flat_config, peak_lr
 from .data import load_dataset
-from .dense import DenseBenchmark, dense_probe, patch_features
+from .dense import DenseBenchmark, dense_probe
 from .diagnostics import linear_cka
 from .errors import CheckpointError, ConfigError, TrainingDiverged, first_line
-from .evaluation import evaluate, knn_top1, split_features
+from .evaluation import evaluate, extract_patch_tokens, knn_top1, split_features
 from .methods import build_method
 from .optim import apply_schedules, drop_frozen_gradients
 from .parallel import local, memory_per_rank, wrap
@@ -214,8 +214,9 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
             order = torch.tensor(list(sampler))
         for b in range(offset, steps_per_epoch):
             tic = time.perf_counter()
-            progress = step / total_steps
-            lr = cosine_schedule(progress, top_lr, cfg.min_lr, warmup=cfg.warmup)
+            progress, in_highres = schedule_progress(step, total_steps, highres_start)
+            lr = cosine_schedule(progress, top_lr * (cfg.highres_lr_scale if in_highres else 1.0), cfg.min_lr,
+                                 warmup=cfg.warmup)
             wd = cosine_schedule(progress, cfg.weight_decay, cfg.weight_decay_end)
             apply_schedules(optimizer, lr, wd, progress)
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
@@ -283,6 +284,19 @@ def state_is_finite(method: nn.Module, optimizer: torch.optim.Optimizer, device:
     return distributed.all_reduce_mean(torch.tensor(float(finite), device=device)).item() == 1.0
 
 
+def schedule_progress(step: int, total_steps: int, highres_start: int | None) -> tuple[float, bool]:
+    """(where `step` stands in its phase's schedules, in [0, 1); whether it is in the high-resolution phase).
+    Without that phase: step / total_steps. With it, as DINOv2 (App. B.2: the high-resolution model is initialised
+    from the pretrained one and trained "with the same procedure ... all the schedules kept the same but compressed"
+    into its iterations, at a reduced base lr): the main training's schedules (lr, weight decay, teacher momentum and
+    temperature, frozen last layer) run to completion by the phase's start, and run again within the phase."""
+    if highres_start is None:
+        return step / total_steps, False
+    if step < highres_start:
+        return step / highres_start, False
+    return (step - highres_start) / (total_steps - highres_start), True
+
+
 def highres_start_step(cfg: Config, total_steps: int) -> int | None:
     """The first step of the high-resolution phase (the last cfg.highres_fraction of the steps), or None."""
     if not cfg.highres_size:
@@ -306,12 +320,12 @@ def initial_patch_features(backbone: nn.Module, data, device) -> torch.Tensor | 
     or None when there are none to compare (a ResNet, streamed images). A collective under torchrun."""
     if not hasattr(backbone, "patch_tokens") or not hasattr(data, "test_images"):
         return None
-    return patch_features(backbone, data.test_images[:CKA_IMAGES], device=device)
+    return extract_patch_tokens(backbone, data.test_images[:CKA_IMAGES], device=device)
 
 
 def patch_cka(backbone: nn.Module, data, initial: torch.Tensor, device) -> float:
     """Linear CKA between the backbone's patch tokens now and `initial` (diagnostics.py): 1 = not moved."""
-    now = patch_features(backbone, data.test_images[:CKA_IMAGES], device=device)
+    now = extract_patch_tokens(backbone, data.test_images[:CKA_IMAGES], device=device)
     return linear_cka(now.flatten(0, 1), initial.flatten(0, 1))
 
 

@@ -1,4 +1,4 @@
-"""Pictures: training curves, augmentation grids, and t-SNE of embeddings."""
+"""Pictures: training curves, augmentation grids, t-SNE of embeddings, attention maps, patch PCA and mosaics."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -145,4 +145,27 @@ def plot_patch_pca(images_u8: torch.Tensor, results: dict, title: str = ""):
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def plot_mosaics(images_u8: torch.Tensor, labels: torch.Tensor, classes: list[str], predictions: dict | None = None,
+                 title: str = ""):
+    """Mosaics (n, 3, H, W uint8) above their patch labels (n, h*w), one colour per class (tab10), and below them
+    any {name: predicted patch labels (n, h*w)}; a legend names the classes."""
+    rows = {"patch labels": labels, **(predictions or {})}
+    n, grid = len(images_u8), int(round(labels.shape[1] ** 0.5))
+    fig, axes = plt.subplots(1 + len(rows), n, figsize=(1.3 * n, 1.4 * (1 + len(rows))), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for i in range(n):
+        axes[0, i].imshow(images_u8[i].permute(1, 2, 0).cpu().numpy())
+        for row, values in enumerate(rows.values(), start=1):
+            axes[row, i].imshow(colours(values[i].view(grid, grid).cpu().numpy() % 10), interpolation="nearest")
+    for row, name in enumerate(rows, start=1):
+        axes[row, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(c)) for c in range(len(classes))]
+    fig.legend(handles, classes, loc="lower center", ncol=len(classes), fontsize=7, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig

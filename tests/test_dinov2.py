@@ -173,6 +173,25 @@ def test_the_high_resolution_phase_switches_the_global_crops_and_resumes_exactly
         assert torch.equal(tensor, resumed["method"].state_dict()[name]), name
 
 
+def test_the_high_resolution_phase_runs_every_schedule_again_compressed(tiny_data, tmp_path):
+    from ssl_lessons.train import schedule_progress
+    assert schedule_progress(3, 10, None) == (0.3, False)
+    assert schedule_progress(3, 10, 6) == (0.5, False) and schedule_progress(6, 10, 6) == (0.0, True)
+    assert schedule_progress(9, 10, 6) == (0.75, True)
+    cfg = make_config("smoke", {"method": "dinov2", "epochs": "2.0", "knn_every": "0", "linear_probe": "false",
+                                "dense_probe": "false", "knn_bank": "256", "highres_size": "48",
+                                "highres_fraction": "0.5", "teacher_temp_start": "0.04", "teacher_temp": "0.07",
+                                "out_dir": str(tmp_path / "run")})        # 8 steps: the last 4 at 48 px
+    history = train(cfg, data=tiny_data, show_progress=False)["history"]
+    lr, wd, temp = ([h[k] for h in history] for k in ("lr", "weight_decay", "teacher_temp"))
+    assert len(lr) == 8 and lr[0] == lr[4] == 0.0                        # the warm-up starts again at 0 ...
+    assert 0.4 * lr[1] < lr[5] < 0.6 * lr[1]                              # ... to half the peak (highres_lr_scale)
+    assert wd[0] == wd[4] and math.isclose(wd[4], 0.04, rel_tol=1e-9) and wd[3] > 0.2   # 0.04 -> 0.4, again
+    # and the temperature (logged through a float32 tensor: 1e-6 relative is a few float32 ulps)
+    assert temp[0] == temp[4] and math.isclose(temp[4], 0.04, rel_tol=1e-6)
+    assert math.isclose(temp[3], 0.07, rel_tol=1e-6)
+
+
 def test_high_resolution_settings_are_checked():
     for bad, message in (({"highres_size": "48"}, "both"), ({"highres_size": "30", "highres_fraction": "0.1"}, "exceed"),
                          ({"highres_size": "36", "highres_fraction": "0.1"}, "multiple")):

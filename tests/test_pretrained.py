@@ -39,3 +39,34 @@ def test_a_planted_checkpoint_cannot_run_code(tmp_path):
     with pytest.raises(RuntimeError, match="unreadable") as info:
         load_checkpoint(path)
     assert not marker.exists() and "\n" not in str(info.value)
+
+
+# --- the released weights (timm), offline-safe ----------------------------------------------------------------------
+
+def test_official_weights_offline_give_a_one_line_reason(monkeypatch):
+    import ssl_lessons.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "online", lambda *a, **k: False)
+    for name in pretrained.OFFICIAL_MODELS.values():
+        model, message = pretrained.load_official(name)
+        assert model is None and message.startswith("offline") and name in message and "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224.dino", "vit_small_patch14_reg4_dinov2.lvd142m"])
+def test_the_official_models_draw_with_the_course_code(name):
+    """The loading path the lessons take online, on the same timm networks with random weights (no download)."""
+    from ssl_lessons.attention import cls_attention_maps, patch_token_norms
+    from ssl_lessons.pca import patch_features, patch_pca
+    from ssl_lessons.pretrained import official_model, official_view
+    torch.manual_seed(0)
+    model = official_model(name, pretrained=False)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    big, x = official_view(images, size=112)
+    assert big.shape == (2, 3, 112, 112) and big.dtype == torch.uint8 and abs(x.mean().item()) < 3
+    patch = model.patch_embed.patch_size[0]
+    grid = 112 // patch
+    maps = cls_attention_maps(model, x)
+    assert maps.shape == (2, 6, grid, grid) and (maps >= 0).all() and (maps.flatten(2).sum(-1) <= 1 + 1e-5).all()
+    assert patch_token_norms(model, x).shape == (2, grid, grid)
+    features = patch_features(model, x)
+    assert features.shape == (2, grid, grid, 384)
+    assert patch_pca(features).rgb.shape == (2, grid, grid, 3)

@@ -20,3 +20,5 @@ def test_lesson_table_reads_saved_results_in_lesson_order(tmp_path, monkeypatch)
     assert rows[1]["knn_top1"] == 50.0 and rows[2]["linear_top1"] == 46.0
     text = report.format_table(rows)
     assert "SimCLR" in text and "50.0%" in text and text.count("\n") == 3
+    assert [r["name"] for r in report.lesson_table("smoke", up_to="simclr")] == ["raw pixels (lesson 0)", "SimCLR"]
+    assert "dense mIoU" in text.splitlines()[0]
