@@ -1,7 +1,11 @@
 """Every command a user types, run as the user types it: a subprocess on the real CIFAR-10 cache at the smoke preset.
 Training under torchrun with DDP and with FSDP2 for every method, with the periodic k-NN on (an evaluation before the
-first step); export; export-script and the launcher it writes (train --config under torchrun); bench; the collapse
-studies; the ablation. Each checks what the command made, not only that it exited."""
+first step); export; export-script and the launcher it writes (train --config under torchrun); train --config at one
+process; bench; the collapse studies; the ablation. Each checks what the command made, not only that it exited.
+
+A process costs ~6 s of imports on 2 cores, so the suite launches one per path a user takes and no more: a command's
+refusals (exit status 2, one line) are checked in this process through the same `main`, and `export` exports the
+run that the torchrun test of its method already trained."""
 import importlib
 import json
 import math
@@ -21,6 +25,15 @@ from ssl_lessons.pretrained import load_backbone
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "ssl_lessons"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ssl_lessons"]
+
+
+def refused(argv: list, capsys) -> str:
+    """The one-line error of `python -m ssl_lessons *argv`, run through the same `main` in this process."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
 
 
 def run(args, tmp_path, expect=0, timeout=300, **env):
@@ -56,26 +69,31 @@ def check_finished_run(out: Path, method: str, parallel: str, processes: int) ->
     return result
 
 
+@pytest.fixture(scope="module")
+def torchrun_runs(tmp_path_factory):
+    """{(method, parallel): (finished process, its out_dir)}: each launch once, shared by the tests that read it."""
+    runs = {}
+
+    def trained(method: str, parallel: str):
+        if (method, parallel) not in runs:
+            root = tmp_path_factory.mktemp(f"{method}-{parallel}")
+            proc = run([*TORCHRUN, "train", "--method", method, "--preset", "smoke", "--no-baselines",
+                        "--set", f"parallel={parallel}", f"out_dir={root / 'run'}"], root)
+            runs[method, parallel] = proc, root / "run"
+        return runs[method, parallel]
+    return trained
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 @pytest.mark.parametrize("method", list(METHODS))
-def test_train_under_torchrun_with_every_method_and_engine(tmp_path, method, parallel):
-    out = tmp_path / "run"
-    proc = run([*TORCHRUN, "train", "--method", method, "--preset", "smoke", "--no-baselines",
-                "--set", f"parallel={parallel}", f"out_dir={out}"], tmp_path)
+def test_train_under_torchrun_with_every_method_and_engine(torchrun_runs, method, parallel):
+    proc, out = torchrun_runs(method, parallel)
     result = check_finished_run(out, method, parallel, processes=2)
     assert proc.stdout.count("Results on CIFAR-10 test") == 1  # rank 0 alone prints the table
     assert f"{result['knn_top1']:8.1f} %" in proc.stdout
 
 
-def test_train_prints_lesson_0s_yardsticks_beside_the_result(tmp_path):
-    out = tmp_path / "run"
-    proc = run([*CLI, "train", "--method", "simclr", "--preset", "smoke", "--set", f"out_dir={out}"], tmp_path)
-    check_finished_run(out, "simclr", "ddp", processes=1)
-    table = proc.stdout[proc.stdout.index("Results on"):]
-    assert "raw pixels" in table and "random" in table and "simclr (" in table
-
-
-def test_export_script_launcher_runs_the_saved_config_under_torchrun(tmp_path):
+def test_export_script_launcher_runs_the_saved_config_under_torchrun(tmp_path, capsys):
     job, out = tmp_path / "job", tmp_path / "run"
     proc = run([*CLI, "export-script", "--method", "dinov2", "--preset", "smoke", "--nodes", "1", "--gpus-per-node",
                 "2", "--out", job, "--set", "parallel=fsdp", f"out_dir={out}"], tmp_path)
@@ -87,57 +105,60 @@ def test_export_script_launcher_runs_the_saved_config_under_torchrun(tmp_path):
     assert "random vit" in proc.stdout  # lesson 0's yardsticks, computed by both processes together
     # the same folder again: refused, the user's files kept; --overwrite replaces them
     (job / "launch.sh").write_text("# mine\n")
-    with pytest.raises(SystemExit):
-        main(["export-script", "--method", "dinov2", "--preset", "smoke", "--out", str(job)])
+    refused(["export-script", "--method", "dinov2", "--preset", "smoke", "--out", job], capsys)
     assert (job / "launch.sh").read_text() == "# mine\n"
     main(["export-script", "--method", "dinov2", "--preset", "smoke", "--gpus-per-node", "2", "--out", str(job),
           "--overwrite"])
     assert "torch.distributed.run" in (job / "launch.sh").read_text()
 
 
-def test_train_config_runs_a_saved_config_at_one_process(tmp_path):
+def test_train_config_runs_a_saved_config_at_one_process_beside_lesson_0s_yardsticks(tmp_path):
     job, out = tmp_path / "job", tmp_path / "run"
-    run([*CLI, "export-script", "--method", "byol", "--preset", "smoke", "--gpus-per-node", "1", "--out", job,
-         "--set", f"out_dir={out}", "epochs=0.125"], tmp_path)
-    run([*CLI, "train", "--config", job / "config.json", "--no-baselines", "--set", "linear_probe=false"], tmp_path)
+    main(["export-script", "--method", "simclr", "--preset", "smoke", "--gpus-per-node", "1", "--out", str(job),
+          "--set", f"out_dir={out}", "epochs=0.125"])
+    proc = run([*CLI, "train", "--config", job / "config.json", "--set", "knn_every=0.0625"], tmp_path)
     result = json.loads((out / "results.json").read_text())
-    assert result["steps"] == 2 and result["config"]["epochs"] == 0.125 and "linear_top1" not in result
+    assert result["steps"] == 2 and result["config"]["epochs"] == 0.125 and result["processes"] == 1
+    assert result["config"]["knn_every"] == 0.0625 and 0 < result["linear_top1"] <= 100  # --set over the file
+    evals = json.loads((out / "history.json").read_text())["evals"]
+    assert [e["step"] for e in evals] == [0, 1, 2] and load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    table = proc.stdout[proc.stdout.index("Results on"):]
+    assert "raw pixels" in table and "random" in table and "simclr (" in table
 
 
-def test_export_writes_a_loadable_backbone_and_never_overwrites_silently(tmp_path):
-    out, shelf = tmp_path / "run", tmp_path / "shelf"
-    common = ["--method", "dino", "--preset", "smoke", "--set", f"out_dir={out}", "epochs=0.125",
-              "linear_probe=false", "knn_every=0"]
-    run([*CLI, "train", *common, "--no-baselines"], tmp_path)
+def test_export_writes_a_loadable_backbone_and_never_overwrites_silently(tmp_path, torchrun_runs, capsys):
+    _, out = torchrun_runs("dino", "ddp")                  # the run that test trained under torchrun
+    shelf = tmp_path / "shelf"
+    common = ["--method", "dino", "--preset", "smoke", "--set", f"out_dir={out}", "parallel=ddp"]
     proc = run([*CLI, "export", *common, "--name", "tiny-dino", "--out", shelf], tmp_path)
     assert "tiny-dino.pt" in proc.stdout
     backbone, record = load_backbone("tiny-dino", directory=shelf)
-    assert record["result"]["steps"] == 2 and "--method dino" in record["command"]
+    assert record["result"]["steps"] == smoke_steps("dino") and "--method dino" in record["command"]
     before = (shelf / "tiny-dino.pt").read_bytes()
-    run([*CLI, "export", *common, "--name", "tiny-dino", "--out", shelf], tmp_path, expect=2)
+    refused(["export", *common, "--name", "tiny-dino", "--out", shelf], capsys)
     assert (shelf / "tiny-dino.pt").read_bytes() == before
-    run([*CLI, "export", *common, "--name", "../escape", "--out", shelf], tmp_path, expect=2)
+    refused(["export", *common, "--name", "../escape", "--out", shelf], capsys)
     assert [p.name for p in tmp_path.rglob("*.pt") if "escape" in p.name] == []
     (shelf / "tiny-dino.pt").write_bytes(b"stale")
     main(["export", *map(str, common), "--name", "tiny-dino", "--out", str(shelf), "--overwrite"])
     assert (shelf / "tiny-dino.pt").read_bytes() == before  # replaced by the same export
 
 
-def test_bench_measures_training_and_augmentation_rates(tmp_path):
+def test_bench_measures_training_and_augmentation_rates(tmp_path, capsys):
     proc = run([*CLI, "bench", "--method", "simclr", "--preset", "smoke", "--steps", "2"], tmp_path)
     rates = [line for line in proc.stdout.splitlines() if "images/s" in line]
     assert len(rates) == 3 and all(float(line.split()[-4]) > 0 for line in rates)
-    run([*CLI, "bench", "--preset", "smoke", "--steps", "0"], tmp_path, expect=2)
+    refused(["bench", "--preset", "smoke", "--steps", "0"], capsys)
 
 
 @pytest.mark.parametrize("method", ["byol", "dino"])
-def test_collapse_study_trains_each_variant_and_reports_its_diagnostics(tmp_path, method):
+def test_collapse_study_trains_each_variant_and_reports_its_diagnostics(tmp_path, method, capsys):
     proc = run([*CLI, "collapse-study", "--method", method, "--preset", "smoke"], tmp_path, timeout=600)
     measure = "teacher entropy" if method == "dino" else "effective rank"
     rows = [line for line in proc.stdout.splitlines() if measure in line]
     variants = importlib.import_module(f"ssl_lessons.methods.{method}").COLLAPSE_VARIANTS
     assert [row[:28].strip() for row in rows] == list(variants) and all("k-NN" in row for row in rows)
-    run([*CLI, "collapse-study", "--method", method, "--preset", "imagenet-vits16-dino"], tmp_path, expect=2)
+    refused(["collapse-study", "--method", method, "--preset", "imagenet-vits16-dino"], capsys)
 
 
 def test_ablation_trains_every_variant_and_tabulates_it(tmp_path):

@@ -1,8 +1,6 @@
-import subprocess
-import sys
-
 import pytest
 
+from ssl_lessons.__main__ import main
 from ssl_lessons.config import PRESETS, ConfigError, make_config, parse_set_args
 
 
@@ -37,11 +35,11 @@ def test_unknown_preset_and_malformed_set():
         parse_set_args(["epochs"])
 
 
-def test_cli_rejects_unknown_key_with_exit_code_2():
-    proc = subprocess.run([sys.executable, "-m", "ssl_lessons", "train", "--preset", "smoke", "--set", "bogus=1"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "unknown config key 'bogus'" in proc.stderr
+def test_cli_rejects_unknown_key_with_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--preset", "smoke", "--set", "bogus=1"])
+    assert exit_.value.code == 2
+    assert "unknown config key 'bogus'" in capsys.readouterr().err
 
 
 def test_each_method_declares_its_recipe_beside_its_code_without_clashing_with_general_fields():

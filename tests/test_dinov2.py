@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_lessons.checkpoint import atomic_save, load_checkpoint
-from ssl_lessons.config import config_to_dict, make_config, peak_lr
+from ssl_lessons.checkpoint import load_checkpoint
+from ssl_lessons.config import make_config, peak_lr
 from ssl_lessons.errors import ConfigError
 from ssl_lessons.losses.dino import DINOLoss, sinkhorn_targets
 from ssl_lessons.losses.ibot import iBOTPatchLoss
