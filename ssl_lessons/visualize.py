@@ -70,8 +70,10 @@ def plot_bars(values: dict[str, float], title: str = "", ylabel: str = "top-1 (%
     x = np.arange(len(values))
     bars = ax.bar(x, list(values.values()), color=[f"C{i}" for i in range(len(values))])
     ax.bar_label(bars, fmt="%.1f")
-    ax.set_xticks(x, list(values.keys()), fontsize=9)
+    slanted = max(map(len, values)) > 14  # longer labels would run into their neighbours at this width
+    ax.set_xticks(x, list(values.keys()), fontsize=9, rotation=20 if slanted else 0, ha="right" if slanted else "center")
     ax.set(ylabel=ylabel, title=title)
+    ax.figure.tight_layout()
     return ax.figure
 
 
