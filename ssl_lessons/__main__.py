@@ -8,9 +8,22 @@ import math
 import sys
 import time
 
-from .config import PRESETS, apply_overrides, make_config, parse_set_args
+from .baselines import load_or_compute_yardsticks
+from .bench import main as bench_main, stream_rate, synthetic_data, tricks
+from .config import PRESETS, Config, apply_overrides, make_config, parse_set_args
+from .data import load_cifar10, uses_streaming
+from .distributed import is_main
 from .errors import ConfigError, UserError, user_message
+from .estimates import summary
+from .export import export_backbone
+from .launch import export_script, load_config_file
+from .methods import METHODS
+from .pretrained import PRETRAINED_DIR
+from .runtime import pick_device, run_dir
+from .studies import COLLAPSE_STUDIES, ablation_study, collapse_study_configs
+from .train import train
 
+METHOD_HELP = f"{', '.join(METHODS)} ({Config.method} by default)"
 # The studies train several short runs of the CIFAR-10 recipes; the ImageNet presets are not for them.
 STUDY_PRESETS = [name for name in PRESETS if not name.startswith("imagenet-")]
 
@@ -39,7 +52,6 @@ def count(minimum: int):
 def _config(args):
     overrides = parse_set_args(args.set or [])
     if getattr(args, "config", None):  # a saved config (export-script's config.json), with --set on top
-        from .launch import load_config_file
         cfg = load_config_file(args.config)
         for flag, value, saved in (("--method", getattr(args, "method", None), cfg.method),
                                    ("--preset", args.preset, cfg.preset)):
@@ -58,21 +70,17 @@ def _config(args):
 
 
 def cmd_prepare_data(args):
-    from .data import load_cifar10
     t = time.perf_counter()
     data = load_cifar10(args.data)
     print(f"{data} ready in {time.perf_counter() - t:.1f} s")
 
 
 def cmd_baselines(args):
-    from .baselines import load_or_compute_yardsticks
     cfg = _config(args)
     print(json.dumps(load_or_compute_yardsticks(cfg), indent=1))
 
 
 def cmd_train(args):
-    from .baselines import load_or_compute_yardsticks
-    from .train import pick_device, train
     cfg = _config(args)
     print(f"training {cfg.method} ({cfg.preset}) on {pick_device(cfg.device)}; overrides: {args.set or 'none'}",
           flush=True)
@@ -80,8 +88,6 @@ def cmd_train(args):
     result = run["result"]
     if result is None:  # stopped early
         return
-    from .data import uses_streaming
-    from .distributed import is_main
     # lesson 0's yardsticks (raw pixels, a random backbone): collective under torchrun, so every rank takes part;
     # none for streamed full-resolution images, whose raw pixels are no yardstick
     marks = load_or_compute_yardsticks(cfg) if args.baselines and not uses_streaming(cfg) else {}
@@ -99,10 +105,7 @@ def cmd_train(args):
 
 
 def cmd_collapse_study(args):
-    from .methods import byol, dino
-    from .train import train
-    study = {"byol": byol, "dino": dino}[args.method]
-    for name, cfg in study.collapse_study_configs(args.preset).items():
+    for name, cfg in collapse_study_configs(args.method, args.preset).items():
         result = train(cfg)["result"]
         if result:
             last = result["final_logs"]
@@ -116,7 +119,6 @@ def cmd_collapse_study(args):
 
 
 def cmd_ablation(args):
-    from .methods.dinov2 import ablation_study
     rows = ablation_study(args.preset)
     print(f"\nDINOv2 ablation ({args.preset}); uniformity = mean log distance to the nearest test feature, higher = "
           "more spread:")
@@ -129,8 +131,6 @@ def cmd_ablation(args):
 
 
 def cmd_export(args):
-    from .pretrained import PRETRAINED_DIR, export_backbone
-    from .train import run_dir
     cfg = _config(args)
     path = export_backbone(run_dir(cfg), args.name, directory=args.out or PRETRAINED_DIR, expected=cfg,
                            overwrite=args.overwrite)
@@ -138,7 +138,6 @@ def cmd_export(args):
 
 
 def cmd_export_script(args):
-    from .launch import export_script
     cfg = _config(args)
     paths = export_script(cfg, args.out, nodes=args.nodes, gpus_per_node=args.gpus_per_node, hours=args.hours,
                           overwrite=args.overwrite)
@@ -147,11 +146,12 @@ def cmd_export_script(args):
           f"{cfg.batch_size} ({cfg.batch_size // world} per process), parallel={cfg.parallel}:")
     for kind, path in paths.items():
         print(f"  {kind:9s} {path}")
+    if cfg.backbone == "vit":
+        print(summary(cfg, args.nodes, args.gpus_per_node, args.hours))
     print(f"run: bash {paths['launcher']}    or on SLURM: cd {paths['sbatch'].parent} && sbatch job.sbatch")
 
 
 def cmd_bench(args):
-    from .bench import main as bench_main, stream_rate, synthetic_data, tricks
     cfg = _config(args)
     data = synthetic_data(cfg) if args.synthetic else None
     if args.tricks:
@@ -175,8 +175,8 @@ def main(argv=None):
 
     p = sub.add_parser("train", help="train a method, then k-NN + linear probe on the test set")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill (from a "
-                                    "teacher in data/pretrained: --set teacher=NAME)")
+    p.add_argument("--method", help=METHOD_HELP + " (distill learns from a teacher in data/pretrained: "
+                                                  "--set teacher=NAME)")
     p.add_argument("--allow-change", nargs="+", metavar="KEY",
                    help="resume a checkpoint with new values of these fields (e.g. lr after a NaN); recorded in "
                         "the checkpoint and results.json")
@@ -197,7 +197,7 @@ def main(argv=None):
     p = sub.add_parser("collapse-study", help="lesson 2: BYOL without its predictor or momentum target; "
                                               "lesson 4 (--method dino): DINO without centering or sharpening")
     p.add_argument("--preset", default="cifar10-laptop", choices=STUDY_PRESETS)
-    p.add_argument("--method", default="byol", choices=["byol", "dino"])
+    p.add_argument("--method", default="byol", choices=list(COLLAPSE_STUDIES))
     p.set_defaults(func=cmd_collapse_study)
     p = sub.add_parser("ablation", help="lesson 6: DINOv2's recipe against itself without KoLeo, with EMA "
                                         "centering, with a shared head, and with 4 registers")
@@ -205,7 +205,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_ablation)
     p = sub.add_parser("export", help="save a finished run's evaluated backbone in fp16 to data/pretrained/NAME.pt")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
+    p.add_argument("--method", help=METHOD_HELP)
     p.add_argument("--name", required=True, help="the backbone's name: data/pretrained/NAME.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing backbone of that name")
     p.add_argument("--out", help="the folder to write NAME.pt into (default data/pretrained)")
@@ -213,7 +213,7 @@ def main(argv=None):
     p = sub.add_parser("export-script", help="write a run's config, a torchrun launcher and a SLURM script for "
                                               "many GPUs (lesson 7)")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
+    p.add_argument("--method", help=METHOD_HELP)
     p.add_argument("--nodes", type=count(1), default=1)
     p.add_argument("--gpus-per-node", type=count(1), default=8)
     p.add_argument("--hours", type=count(1), default=24, help="the SLURM job's time limit in hours")
@@ -222,7 +222,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_export_script)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
     common(p)
-    p.add_argument("--method", help="simclr (the default), byol, swav, dino, ibot, dinov2 or distill")
+    p.add_argument("--method", help=METHOD_HELP)
     p.add_argument("--steps", type=count(1), default=20)
     p.add_argument("--tricks", action="store_true", help="DINOv2's sequence packing and efficient stochastic depth, "
                                                         "each on and off (lesson 7)")

@@ -8,7 +8,7 @@ from .dense import dense_yardsticks
 from .evaluation import yardsticks
 from .checkpoint import atomic_write_text
 from .distributed import is_main
-from .train import RUNS_DIR, pick_device
+from .runtime import RUNS_DIR, pick_device
 
 
 def yardstick_path(cfg):

@@ -19,9 +19,11 @@ import time
 import torch
 
 from .config import apply_overrides
-from .data import load_dataset
+from .data import ImageData, load_dataset
 from .methods import build_method
-from .train import _autocast, pick_device
+from .runtime import pick_device
+from .step import set_schedules, training_step
+from .streaming import StreamingImages
 
 # Lesson 7's comparison: the same method and batch with each trick on or off. Stochastic depth at dinov2's ViT-L
 # rate (0.4) in every variant, so that only the way it is computed changes.
@@ -31,6 +33,9 @@ TRICKS = {
     "efficient stochastic depth": dict(drop_path_rate=0.4, efficient_drop_path=True),
     "both": dict(drop_path_rate=0.4, sequence_packing=True, efficient_drop_path=True),
 }
+
+
+PROGRESS = 0.5  # the steps timed stand mid-training: every schedule running, no part frozen
 
 
 def _median_rate(fn, n_items: int, steps: int, warmup: int = 3) -> float:
@@ -51,7 +56,8 @@ class _Prepared:
         data = data if data is not None else load_dataset(cfg)
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg).to(self.device).train()
-        self.optimizer = torch.optim.AdamW(self.method.param_groups(), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(self.method.param_groups(), lr=0.0)
+        set_schedules(self.optimizer, self.method, cfg, PROGRESS)
         self.generator = torch.Generator(device=self.device).manual_seed(0)
         self.images = data.train_images[:cfg.batch_size].to(self.device)
         self.crops = self.method.make_views(self.images, self.generator)
@@ -65,12 +71,7 @@ class _Prepared:
         self.sync()
 
     def step(self):
-        with _autocast(self.cfg, self.device, 1):
-            loss, _ = self.method(self.crops)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.method.after_step(0.5)  # e.g. the teacher's EMA update
+        training_step(self.method, self.method, self.optimizer, self.crops, self.cfg, PROGRESS, self.device)
         self.sync()
 
     def step_with_views(self):
@@ -105,7 +106,6 @@ def train_rate(cfg, steps: int = 10, data=None) -> float:
 
 def synthetic_data(cfg, n: int = 0):
     """Random uint8 images at cfg.image_size, as many as one batch (a speed benchmark needs no real photos)."""
-    from .data import ImageData
     g = torch.Generator().manual_seed(0)
     n = n or cfg.batch_size
     images = torch.randint(0, 256, (n, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g)
@@ -129,7 +129,6 @@ def stream_rate(cfg, root, batches: int = 20, workers: int = 2) -> float:
     """Images/s the streaming loader delivers (decode + the method's full-resolution multi-crop in `workers`
     processes): up to `batches` batches of one epoch over the wall time from the first request to the last batch,
     workers' start included (a median per batch would time the prefetched queue, not the workers)."""
-    from .streaming import StreamingImages
     method = build_method(cfg)
     loader = StreamingImages(root, eval_size=cfg.image_size, workers=workers).training_loader(
         method.crops, cfg.batch_size, cfg.seed)

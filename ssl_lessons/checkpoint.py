@@ -319,3 +319,55 @@ def _read_meta(target: Path) -> dict:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{target / 'meta.json'} is unreadable ({first_line(e)}); delete {target.parent} (or "
                               "choose another out_dir) to start afresh") from None
+
+
+class Checkpointer:
+    """A run's checkpoint in one of two formats behind one interface (as dinov2's FSDPCheckpointer): one file,
+    `checkpoint.pt` (one process or DDP: rank 0 writes the whole state, every rank's own random state inside; it
+    resumes at the same number of processes), or the sharded folder `checkpoint/` (FSDP2: every rank writes its shards
+    with DCP; it resumes at any number). Saving and loading are collectives under torchrun.
+
+        meta = checkpointer.read_meta(device)      # None when there is nothing to resume
+        own = checkpointer.load(method, optimizer, meta)
+        checkpointer.save(method, optimizer, meta, own)
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, sharded: bool):
+        self.out_dir, self.sharded = Path(out_dir), sharded
+        self.path = self.out_dir / (SHARDED_CHECKPOINT if sharded else FULL_CHECKPOINT)
+
+    def check_format(self) -> None:
+        """A run folder whose checkpoint is of the other kind was trained with the other `parallel`: refused."""
+        other = self.out_dir / (FULL_CHECKPOINT if self.sharded else SHARDED_CHECKPOINT)
+        if other.exists():
+            was, now = ("ddp", "fsdp") if self.sharded else ("fsdp", "ddp")
+            raise CheckpointError(f"{self.out_dir} holds a checkpoint of parallel={was} ({other.name}); resume it with "
+                                  f"--set parallel={was}, or train with parallel={now} in another out_dir")
+
+    def read_meta(self, device) -> dict | None:
+        """What the checkpoint says of itself (config, step, history, evals, ...; the one-file format carries its
+        tensors too), or None when there is none (or only a first save killed midway)."""
+        if self.sharded:
+            return sharded_meta(self.path) if (self.path / "latest").exists() else None
+        return load_checkpoint(self.path, map_location=device) if self.path.exists() else None
+
+    def load(self, method: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict) -> dict | None:
+        """Load the model and optimizer states; return this rank's own state (RNG states, Method.rank_state), or
+        None when the checkpoint was written by another number of processes."""
+        if self.sharded:
+            return load_sharded(self.path, method, optimizer)[1]
+        method.load_state_dict(meta["method"])
+        optimizer.load_state_dict(meta["optimizer"])
+        return meta["rank_states"][distributed.rank()]
+
+    def save(self, method: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict, own: dict,
+             stem: str | None = None) -> None:
+        """Write the checkpoint atomically (or, with `stem`, a copy beside it: e.g. "checkpoint-before-highres")."""
+        if self.sharded:
+            save_sharded(self.out_dir / stem if stem else self.path, method, optimizer, meta, own)
+            return
+        state = {**meta, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                 "rank_states": distributed.all_gather_objects(own)}
+        if distributed.rank() == 0:
+            atomic_save(state, self.out_dir / f"{stem}.pt" if stem else self.path)
+        distributed.barrier()

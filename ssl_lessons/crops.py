@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .augment import ViewAugment
-from .config import require
+from .errors import require
 
 
 @dataclass

@@ -18,27 +18,26 @@ import os
 import pickle
 import tarfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
+from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save
 from .errors import DataError, first_line
+from .evaluation import extract_features
+from .images import IMAGE_EXTENSIONS, decode_bytes, held_out_split
+from . import streaming
+from .streaming import StreamingImages, cache_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SSL_LESSONS_DATA_DIR", REPO_ROOT / "data"))
 ENV_VAR = "SSL_LESSONS_CIFAR10"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the full-resolution (streamed) path's normalisation, as the official recipes
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -63,9 +62,50 @@ class ImageData:
         te = pick(self.test_images, self.test_labels, n_test)
         return ImageData(*tr, *te, self.classes)
 
+    def features(self, model: torch.nn.Module, split: str, batch_size: int = 512, device="cpu",
+                 desc: str = "features") -> torch.Tensor:
+        """(N, D) features of the "train" or "test" images (evaluation.extract_features; a collective under torchrun,
+        as StreamingImages.features)."""
+        return extract_features(model, getattr(self, f"{split}_images"), batch_size, device, desc)
+
+    def training_batches(self, method, local_batch: int, steps_per_epoch: int, seed: int, rank: int, world: int,
+                         generator: torch.Generator, device) -> "MemoryBatches":
+        """The training loop's batch source over these images (as StreamingImages.training_batches)."""
+        return MemoryBatches(self.train_images.to(device), method, local_batch, steps_per_epoch, seed, rank, world,
+                             generator)
+
     def __repr__(self) -> str:
         return (f"ImageData(train={tuple(self.train_images.shape)}, test={tuple(self.test_images.shape)}, "
                 f"classes={len(self.classes)})")
+
+
+class MemoryBatches:
+    """The training batches of images held on the device. Each epoch, every rank takes its share of one seeded
+    permutation (DistributedSampler) and the method makes the views on the device (Method.make_views).
+
+        for batch in source.epoch(epoch, start):   # this rank's batches of `epoch`, from batch `start` on
+            crops = source.views(batch)             # after the step's schedules (Method.before_step)
+
+    restart() is called when the method's global crop size changed (nothing to do here: views are made per step)."""
+
+    def __init__(self, images: torch.Tensor, method, local_batch: int, steps_per_epoch: int, seed: int, rank: int,
+                 world: int, generator: torch.Generator):
+        self.images, self.method, self.local_batch, self.generator = images, method, local_batch, generator
+        self.steps_per_epoch = steps_per_epoch
+        self.sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler))
+        for b in range(start, self.steps_per_epoch):
+            yield order[b * self.local_batch:(b + 1) * self.local_batch]
+
+    def views(self, batch: torch.Tensor):
+        return self.method.make_views(self.images[batch.to(self.images.device)], self.generator)
+
+    def restart(self) -> None:
+        pass
 
 
 def _not_found_message(tried: list[str]) -> str:
@@ -101,11 +141,6 @@ def _named_source(source) -> Path:
                         f"(or a .tar.gz of one) with --data, data_source or ${ENV_VAR}; or unset them to use "
                         f"{DATA_DIR}/cifar10.pt")
     return path
-
-
-def held_out_split(root: Path) -> Path | None:
-    """The held-out images of an ImageFolder tree: root/test, else root/val (ImageNet's name); None if neither."""
-    return next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
 
 
 def _tree_root(dataset) -> Path:
@@ -169,7 +204,6 @@ def load_dataset(cfg) -> ImageData:
     if cfg.dataset == "cifar10":
         data = load_cifar10(cfg.data_source or None)
     elif uses_streaming(cfg):
-        from .streaming import StreamingImages
         data = StreamingImages(_tree_root(cfg.dataset), eval_size=cfg.image_size, workers=cfg.workers)
     else:
         data = load_image_folder(cfg.dataset, cfg.image_size)
@@ -186,8 +220,7 @@ def uses_streaming(cfg) -> bool:
         return False
     if cfg.data_loading == "stream":
         return True
-    from .streaming import MEMORY_CACHE_LIMIT_GB, cache_bytes
-    return cache_bytes(_tree_root(cfg.dataset), cfg.image_size) > MEMORY_CACHE_LIMIT_GB * 1e9
+    return cache_bytes(_tree_root(cfg.dataset), cfg.image_size) > streaming.MEMORY_CACHE_LIMIT_GB * 1e9
 
 
 def dataset_key(cfg) -> str:
@@ -274,21 +307,6 @@ def _decode_splits(blobs: dict, image_size: int, origin: str) -> ImageData:
     return ImageData(*out, classes)
 
 
-def decode_bytes(data: bytes | torch.Tensor, name: str) -> torch.Tensor:
-    """An image file's bytes -> (3, H, W) uint8 RGB; corrupt or empty bytes raise DataError naming the file. The one
-    decoder of the cache (below) and of the streaming loader (streaming.py)."""
-    try:
-        if len(data) == 0:
-            raise ValueError("the file is empty")
-        raw = data if isinstance(data, torch.Tensor) else torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        image = decode_image(raw, mode=ImageReadMode.RGB)
-        # a 16-bit PNG decodes to uint16: rescale it to 0-255 (a plain cast would keep the low byte, i.e. noise)
-        return image if image.dtype == torch.uint8 else TF.to_dtype(image, torch.uint8, scale=True)
-    except (RuntimeError, ValueError) as e:
-        raise DataError(f"could not decode image {name} ({first_line(e)}). The file is corrupt or not an image: "
-                        "replace or delete it, then run again.") from None
-
-
 def _decode(data: bytes, name: str, image_size: int) -> torch.Tensor:
     image = decode_bytes(data, name)
     if image.shape[-2:] != (image_size, image_size):
@@ -361,11 +379,3 @@ def _load_cache(path: Path) -> ImageData:
         return ImageData(d["train_images"], d["train_labels"], d["test_images"], d["test_labels"], d["classes"])
     except Exception as e:
         raise DataError(f"the cache {path} is unreadable ({first_line(e)}); delete it and run again to rebuild it.") from None
-
-
-def normalize(images_uint8: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float32 standardised per channel."""
-    x = images_uint8.float().div_(255)
-    mean = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std

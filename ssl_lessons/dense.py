@@ -28,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from . import distributed
 from .backbones import backbone_from_config
-from .data import normalize
+from .images import normalize
 from .evaluation import extract_patch_tokens, probe_predictions
 
 NUM_CLASSES = 10

@@ -22,6 +22,12 @@ class TrainingDiverged(UserError, FloatingPointError):
     """The loss became NaN or infinite; the last checkpoint is intact."""
 
 
+def require(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds; a config and the recipes validate with it."""
+    if not condition:
+        raise ConfigError(message)
+
+
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (torch's weights-only and decoder errors run to many lines), for a
     one-line message that names the cause."""

@@ -18,7 +18,8 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import normalize
+from .backbones import backbone_from_config
+from .images import normalize
 
 
 @torch.no_grad()
@@ -62,15 +63,6 @@ def feature_mode(model: nn.Module):
     finally:
         for m, mode in modes.items():
             m.training = mode
-
-
-def split_features(model: nn.Module, data, split: str, batch_size: int = 512, device="cpu",
-                   desc: str = "features") -> torch.Tensor:
-    """Features of data's "train" or "test" images: from the uint8 cache (ImageData) or streamed from disk
-    (streaming.StreamingImages). A collective under torchrun, like extract_features."""
-    if hasattr(data, "stream_features"):
-        return data.stream_features(model, split, batch_size, device, desc)
-    return extract_features(model, getattr(data, f"{split}_images"), batch_size, device, desc)
 
 
 class AtSize(nn.Module):
@@ -142,8 +134,8 @@ def evaluate(model: nn.Module, data, device="cpu", k: int = 20, temperature: flo
 
     Under torchrun every rank extracts features (collectively); rank 0 fits the classifiers and every rank
     returns its result."""
-    train = split_features(model, data, "train", batch_size, device, desc="bank features")
-    test = split_features(model, data, "test", batch_size, device, desc="test features")
+    train = data.features(model, "train", batch_size, device, desc="bank features")  # ImageData or StreamingImages
+    test = data.features(model, "test", batch_size, device, desc="test features")
     result = None
     if distributed.is_main():
         result = {"knn_top1": knn_top1(train, data.train_labels, test, data.test_labels, k, temperature)}
@@ -155,7 +147,6 @@ def evaluate(model: nn.Module, data, device="cpu", k: int = 20, temperature: flo
 def yardsticks(cfg, data, device="cpu", probe: bool = True) -> dict:
     """Lesson 0's baselines, which any learned representation has to beat:
     raw standardised pixels, and the same backbone as cfg with random (untrained) weights."""
-    from .backbones import backbone_from_config
 
     raw_train, raw_test = pixel_features(data.train_images), pixel_features(data.test_images)
     out = {"raw pixels": {"knn_top1": knn_top1(raw_train, data.train_labels, raw_test, data.test_labels,

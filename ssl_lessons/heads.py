@@ -59,3 +59,15 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)
         return self.last_layer(x)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "DINOHead":
+        """A head shaped as `state` says (a saved DINOHead's state_dict: its in, hidden, bottleneck and out sizes and
+        its number of layers are the weights' shapes), with those weights loaded."""
+        linears = sorted(int(k.split(".")[1]) for k in state if k.startswith("mlp.") and k.endswith(".weight"))
+        first, last = state[f"mlp.{linears[0]}.weight"], state[f"mlp.{linears[-1]}.weight"]
+        out_dim = state["last_layer.parametrizations.weight.original1"].shape[0]
+        head = cls(first.shape[1], out_dim, hidden_dim=first.shape[0], bottleneck_dim=last.shape[0],
+                   n_layers=len(linears))
+        head.load_state_dict(state)
+        return head

@@ -119,6 +119,10 @@ def sbatch_script(cfg: Config, nodes: int, gpus_per_node: int, hours: int = 24, 
 #SBATCH --output=%x-%j.out
 # {cfg.method} ({cfg.preset}) on {nodes} x {gpus_per_node} GPUs, global batch {cfg.batch_size}, parallel={cfg.parallel}.
 # Submit from this folder: sbatch job.sbatch (add #SBATCH --partition / --account lines as your cluster needs).
+# A run longer than --time: chain jobs, each resuming the last checkpoint (the same command resumes), e.g. three:
+#   jid=$(sbatch --parsable job.sbatch)
+#   for i in 2 3; do jid=$(sbatch --parsable --dependency=afterany:$jid job.sbatch); done
+# A job killed at its limit loses the steps since its last checkpoint (ckpt_every={cfg.ckpt_every} steps).
 set -euo pipefail
 HERE="${{SLURM_SUBMIT_DIR:-$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)}}"
 export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"

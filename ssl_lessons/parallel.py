@@ -23,9 +23,18 @@ At one process nothing is sharded (there is nothing to split); `parallel=fsdp` s
 """
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
+from torch.distributed._composable import checkpoint
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .backbones import ResNetBackbone, ViTBackbone
+from .heads import DINOHead, ProjectionMLP
 
 PARALLEL_MODES = ("ddp", "fsdp")
 
@@ -33,8 +42,6 @@ PARALLEL_MODES = ("ddp", "fsdp")
 def shard_units(method: nn.Module) -> list[nn.Module]:
     """The modules fully_shard is applied to, innermost first: every transformer block, then every backbone and
     head (student, teacher, EMA copies). The method itself (the root) comes last, in shard_method."""
-    from .backbones import ResNetBackbone, ViTBackbone
-    from .heads import DINOHead, ProjectionMLP
     blocks = [m for m in method.modules() if isinstance(m, Block)]
     outer = [m for m in method.modules() if isinstance(m, (ViTBackbone, ResNetBackbone, DINOHead, ProjectionMLP))]
     return blocks + outer
@@ -43,7 +50,6 @@ def shard_units(method: nn.Module) -> list[nn.Module]:
 def mixed_precision(amp: bool, device: torch.device):
     """FSDP2's policy: bf16 weights for compute and fp32 gradient reduction on CUDA with amp; fp32 otherwise (bf16 is
     4-7x slower than fp32 on the CPUs this course was measured on)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
     if amp and device.type == "cuda":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
@@ -53,7 +59,6 @@ def checkpoint_activations(method: nn.Module) -> None:
     """Recompute each trainable transformer block in backward instead of keeping its activations (the teacher's
     blocks run without gradients and keep nothing). PyTorch's composable `checkpoint` leaves the parameter names as
     they are, so checkpoints do not depend on it."""
-    from torch.distributed._composable import checkpoint
     for block in method.modules():
         if isinstance(block, Block) and any(p.requires_grad for p in block.parameters()):
             checkpoint(block)
@@ -62,9 +67,6 @@ def checkpoint_activations(method: nn.Module) -> None:
 def shard_method(method: nn.Module, device: torch.device, amp: bool = True) -> nn.Module:
     """Apply FSDP2 to `method` in place (units from shard_units, then the root) and return it. Must run before the
     optimizer is made: the optimizer then holds the sharded parameters (DTensors), one shard per rank."""
-    import warnings
-
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     # forward_tokens returns views (the CLS row, the patch rows); no method modifies them in place
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     policy = mixed_precision(amp, device)
@@ -90,10 +92,27 @@ def wrap(method: nn.Module, parallel: str, world: int, device: torch.device, amp
         return method
     if parallel == "fsdp":
         return shard_method(method, device, amp)
-    from torch.nn.parallel import DistributedDataParallel as DDP
     if device.type == "cuda":  # SimCLR's global BN; SyncBatchNorm has no CPU kernel (there DDP syncs buffers)
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     return DDP(method, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextmanager
+def gradient_sync(model: nn.Module, sync: bool):
+    """Within it, backward averages the gradients over the processes only if `sync`: DDP's no_sync() or FSDP2's
+    set_requires_gradient_sync(False) keep the others local, so that an accumulated step communicates once, on its
+    last micro-batch. One process: nothing to do."""
+    if isinstance(model, DDP) and not sync:
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

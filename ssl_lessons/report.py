@@ -5,10 +5,10 @@ import json
 
 from .baselines import yardstick_path
 from .config import make_config
-from .train import RUNS_DIR
+from .methods import METHODS
+from .runtime import RUNS_DIR
 
-LESSONS = [("SimCLR", "simclr"), ("BYOL", "byol"), ("SwAV", "swav"), ("DINO", "dino"), ("iBOT", "ibot"),
-           ("DINOv2", "dinov2"), ("DINOv2 distilled", "distill")]
+LESSONS = [(cls.TITLE or cls.__name__, method) for method, cls in METHODS.items()]  # (name in the table, method)
 
 
 def lesson_table(preset: str = "cifar10-laptop", up_to: str | None = None) -> list[dict]:
@@ -34,10 +34,11 @@ def lesson_table(preset: str = "cifar10-laptop", up_to: str | None = None) -> li
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'representation':26s} {'k-NN':>7s} {'linear':>7s} {'dense mIoU':>10s} {'minutes':>8s}"]
+    width = max([26] + [len(r["name"]) for r in rows])
+    lines = [f"{'representation':{width}s} {'k-NN':>7s} {'linear':>7s} {'dense mIoU':>10s} {'minutes':>8s}"]
     for r in rows:
         lin = f"{r['linear_top1']:6.1f}%" if r.get("linear_top1") is not None else "      -"
         miou = f"{r['dense_miou']:9.1f}%" if r.get("dense_miou") is not None else "         -"
         mins = f"{r['minutes']:8.1f}" if r.get("minutes") is not None else "       -"
-        lines.append(f"{r['name']:26s} {r['knn_top1']:6.1f}% {lin} {miou} {mins}")
+        lines.append(f"{r['name']:{width}s} {r['knn_top1']:6.1f}% {lin} {miou} {mins}")
     return "\n".join(lines)

@@ -20,9 +20,10 @@ from .distributed import all_reduce_max, all_reduce_sum, world_size
 
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3,
-                   n_samples: int | None = None) -> torch.Tensor:
+                   n_samples: int | torch.Tensor | None = None) -> torch.Tensor:
     """scores (B, K) -> codes (B, K): non-negative, each row sums to 1, each column to about n_samples/K over all
-    ranks. n_samples: the number of rows summed over every rank (default B * world size)."""
+    ranks. n_samples: the number of rows summed over every rank (default B * world size; a 0-d tensor keeps it
+    on the device)."""
     scores = scores.float()
     shift = all_reduce_max(scores.max().clone() if scores.numel() else scores.new_tensor(float("-inf")))
     q = torch.exp((scores - shift) / epsilon).T                      # (K, B)

@@ -28,9 +28,11 @@ from torchvision.datasets import ImageFolder
 from torchvision.io import read_file
 from tqdm.auto import tqdm
 
+from . import distributed
 from .crops import Crops, MultiCrop
-from .data import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, decode_bytes, held_out_split
+from .images import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, decode_bytes, held_out_split
 from .errors import DataError, first_line
+from .evaluation import feature_mode
 
 MEMORY_CACHE_LIMIT_GB = 8.0   # data_loading=auto streams a tree whose uint8 cache at image_size would be larger
 
@@ -200,15 +202,19 @@ class StreamingImages:
         return DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=self.workers,
                           collate_fn=_Collate(multicrop.n_global, multicrop.n_local), pin_memory=pin_memory,
                           persistent_workers=self.workers > 0, drop_last=True,
-                          prefetch_factor=4 if self.workers > 0 else None)
+                          prefetch_factor=4 if self.workers > 0 else None,
+                          generator=torch.Generator().manual_seed(seed))  # not a draw from the global RNG
+
+    def training_batches(self, method, local_batch: int, steps_per_epoch: int, seed: int, rank: int, world: int,
+                         generator: torch.Generator, device) -> "StreamedBatches":
+        """The training loop's batch source over these images (as ImageData.training_batches)."""
+        return StreamedBatches(self, method, local_batch, seed, rank, world, generator, device)
 
     @torch.no_grad()
-    def stream_features(self, model: torch.nn.Module, split: str, batch_size: int, device, desc: str = "features"
+    def features(self, model: torch.nn.Module, split: str, batch_size: int, device, desc: str = "features"
                         ) -> torch.Tensor:
         """(N, D) features of a split's evaluation images on every rank: each rank embeds its equal share
         (distributed.own_share, as evaluation.extract_features), then the shares are gathered in order."""
-        from . import distributed
-        from .evaluation import feature_mode
         folder, indices = (self.train_folder, self.train_indices) if split == "train" else \
             (self.test_folder, self.test_indices)
         own = [indices[i] for i in distributed.own_share(len(indices))]
@@ -219,6 +225,30 @@ class StreamingImages:
                    for images, _ in tqdm(loader, desc=desc, leave=False, mininterval=1.0,
                                          disable=not distributed.is_main())]
         return distributed.all_gather_rows(torch.cat(out)).cpu()[:len(indices)]
+
+
+class StreamedBatches:
+    """The training batches of images streamed from disk: decoded and cropped in the loader's worker processes,
+    completed on the device by the method (Method.complete_views: e.g. iBOT's masks). The interface of
+    data.MemoryBatches: epoch(epoch, start) -> batches, views(batch) -> Crops, restart()."""
+
+    def __init__(self, data: StreamingImages, method, local_batch: int, seed: int, rank: int, world: int,
+                 generator: torch.Generator, device):
+        self.data, self.method, self.local_batch, self.seed = data, method, local_batch, seed
+        self.rank, self.world, self.generator, self.device = rank, world, generator, torch.device(device)
+        self.restart()
+
+    def restart(self) -> None:
+        """A new loader: its workers crop at the method's current global size (after set_global_size)."""
+        self.loader = self.data.training_loader(self.method.crops, self.local_batch, self.seed, self.rank, self.world,
+                                                pin_memory=self.device.type == "cuda")
+
+    def epoch(self, epoch: int, start: int = 0):
+        self.loader.sampler.set_position(epoch, start)
+        return iter(self.loader)
+
+    def views(self, batch: Crops) -> Crops:
+        return self.method.complete_views(batch.to(self.device, non_blocking=True), self.generator)
 
 
 def cache_bytes(root: str | os.PathLike, image_size: int) -> int:

@@ -1,11 +1,15 @@
 """The one training loop, for every method (see methods/base.py for what a method provides).
 
-It owns what every run needs: the device (cuda, mps, cpu), seeds, AdamW with cosine lr and weight-decay
-schedules, gradient clipping (Method.clip_gradients), bf16 autocast on CUDA, a tqdm bar, a history of loss / lr /
-metrics, periodic k-NN, atomic checkpoints with exact resume, DDP or FSDP2 under torchrun (parallel.py; FSDP2's
-checkpoints are sharded and resume at any number of processes), and the final k-NN + linear probe; and, when a config
-asks for it, a high-resolution phase at the end (DINOv2 sec. 4): from step highres_start on, the method's global crops
-are highres_size px (Method.set_global_size), and the checkpoint just before is kept.
+    set up (device, seeds, the method, DDP or FSDP2, AdamW)  ->  resume (checkpoint.Checkpointer: one file, or sharded)
+    ->  loop: batches from the data's source (in memory or streamed), one training_step each (step.py: schedules,
+        forward, backward, clipping, AdamW, the teacher's update), history, periodic k-NN, checkpoints
+    ->  evaluate (k-NN, linear probe, dense probe)  ->  save (results.json, history.json, curves.png)
+
+The loop holds what every run needs beyond the step: seeds and exact resume (every rank's random state in the
+checkpoint), a tqdm bar, the history of loss / lr / metrics, a NaN check before any weight changes, and a run folder
+that one run at a time may hold. A config may add a high-resolution phase at the end (DINOv2 sec. 4): from step
+highres_start on, the method's global crops are highres_size px (Method.set_global_size), every schedule runs again
+compressed into the phase, and the checkpoint just before is kept.
 
     python -m ssl_lessons train --method simclr --preset cifar10-laptop --set epochs=8
     torchrun --nproc_per_node=2 -m ssl_lessons train --method simclr --preset cifar10-laptop
@@ -16,61 +20,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (FULL_CHECKPOINT, SHARDED_CHECKPOINT, atomic_save, atomic_write_text, load_checkpoint,
-                         load_sharded, run_lock, save_sharded, sharded_meta)
-from .config import Config, config_from_dict, config_to_dict, flat_config, peak_lr
+from .checkpoint import Checkpointer, atomic_write_text, run_lock
+from .config import Config, config_from_dict, config_to_dict, flat_config
 from .data import load_dataset
 from .dense import DenseBenchmark, dense_probe
 from .diagnostics import linear_cka
 from .errors import CheckpointError, ConfigError, TrainingDiverged, first_line
-from .evaluation import evaluate, extract_patch_tokens, knn_top1, split_features
+from .evaluation import evaluate, extract_patch_tokens, knn_top1
 from .methods import build_method
-from .optim import apply_schedules, drop_frozen_gradients
 from .parallel import local, memory_per_rank, wrap
-from .schedules import cosine_schedule
+from .runtime import pick_device, run_dir
+from .step import NonFiniteLoss, set_schedules, training_step
+from .visualize import plot_training
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNS_DIR = Path(os.environ.get("SSL_LESSONS_RUNS", REPO_ROOT / "runs"))
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {"out_dir", "ckpt_every", "device", "eval_batch_size", "linear_probe", "probe_max_iter",
                      "knn_every", "knn_bank", "activation_checkpointing", "sequence_packing", "workers"}
 # Fields that may change on resume when the user says so (--allow-change), besides the recipe's float fields.
-ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_end", "clip_grad")
+ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_end", "clip_grad", "accum_steps")
 CIFAR10_TRAIN_IMAGES = 50_000
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def run_dir(cfg: Config) -> Path:
-    return Path(cfg.out_dir) if cfg.out_dir else RUNS_DIR / f"{cfg.method}-{cfg.preset or 'custom'}"
-
-
-def _autocast(cfg: Config, device: torch.device, world: int):
-    if cfg.parallel == "fsdp" and world > 1:
-        return nullcontext()  # FSDP2's MixedPrecisionPolicy casts the weights itself (parallel.mixed_precision)
-    if cfg.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: bool = True,
@@ -93,24 +72,17 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     rank, world, local_rank = distributed.setup()
     device = pick_device(cfg.device, local_rank)
     out_dir = run_dir(cfg)
-    sharded = cfg.parallel == "fsdp"
-    ckpt_path = out_dir / (SHARDED_CHECKPOINT if sharded else FULL_CHECKPOINT)
+    checkpointer = Checkpointer(out_dir, sharded=cfg.parallel == "fsdp")
     # Everything that can be checked without the images is checked before they are loaded.
     local_batch = check_run(cfg, world, n_train=None if data is None else len(data.train_labels))
-    check_checkpoint_format(out_dir, sharded)
-    ckpt = None
-    if (ckpt_path / "latest").exists() if sharded else ckpt_path.exists():  # (a first save killed midway: none)
-        ckpt = sharded_meta(ckpt_path) if sharded else load_checkpoint(ckpt_path, map_location=device)
-        config_changes = check_resumable(ckpt, cfg, ckpt_path, world, allow_changes)
+    checkpointer.check_format()
+    ckpt = checkpointer.read_meta(device)
+    if ckpt is not None:
+        config_changes = check_resumable(ckpt, cfg, checkpointer.path, world, allow_changes)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     if data is None:
-        if rank != 0:
-            distributed.barrier()  # rank 0 decodes and caches the images first
-        data = load_dataset(cfg)
-        if rank == 0:
-            distributed.barrier()
-        check_run(cfg, world, n_train=len(data.train_labels))
+        data = load_data(cfg, world)
     n_train = len(data.train_labels)
     steps_per_epoch = n_train // cfg.batch_size
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -120,16 +92,14 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     model = wrap(method, cfg.parallel, world, device, cfg.amp, cfg.activation_checkpointing)
     method = getattr(model, "module", model)  # DDP may have converted BatchNorm layers: the method it runs
     optimizer = torch.optim.AdamW(method.param_groups(), lr=0.0, weight_decay=cfg.weight_decay)
+    if cfg.accum_steps > 1 and rank == 0:
+        print(f"accum_steps={cfg.accum_steps}: micro-batches of {local_batch // cfg.accum_steps} images per process; "
+              f"{method.ACCUMULATION}", flush=True)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
 
     step, history, evals, train_seconds, changes = 0, [], [], 0.0, []
     if ckpt is not None:
-        if sharded:
-            _, own = load_sharded(ckpt_path, method, optimizer)
-        else:
-            method.load_state_dict(ckpt["method"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            own = ckpt["rank_states"][rank]
+        own = checkpointer.load(method, optimizer, ckpt)
         step, history, evals, train_seconds = ckpt["step"], ckpt["history"], ckpt["evals"], ckpt["train_seconds"]
         changes = ckpt.get("config_changes", []) + ([{"step": step, "changes": config_changes}] if config_changes else [])
         if own is not None:
@@ -139,6 +109,7 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
         else:  # written by another number of processes: each rank's random streams start afresh from the step
             generator.manual_seed(cfg.seed * 1000 + rank + 1_000_003 * step)
             torch.manual_seed(cfg.seed * 1000 + rank + 1_000_003 * step)
+        del ckpt  # the one-file format holds every tensor: not kept through training
     elif rank == 0:
         (out_dir / "results.json").unlink(missing_ok=True)  # a fresh run: no stale result may stand for it
 
@@ -148,9 +119,9 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
             f"rate: the same command with --set lr={cfg.lr / 2:g} --allow-change lr (or train afresh with another "
             "out_dir)")
 
-    def save_checkpoint(path=ckpt_path):
-        """Collective: every rank takes its part (a sharded model's state_dict needs them all). Weights or optimizer
-        states that are no longer finite are never saved: the last checkpoint stays one a lower lr can resume."""
+    def save_checkpoint(stem: str | None = None):
+        """Collective. Weights or optimizer states that are no longer finite are never saved: the last checkpoint
+        stays one a lower lr can resume."""
         if not state_is_finite(method, optimizer, device):
             diverged(f"the weights or optimizer states became infinite or NaN by step {step}")
         distributed.broadcast_buffers(method)
@@ -158,30 +129,13 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
         meta = {"config": config_to_dict(cfg), "step": step, "history": history, "evals": evals,
                 "train_seconds": train_seconds, "config_changes": changes}
         try:
-            if sharded:
-                save_sharded(path, method, optimizer, meta, own)
-                return
-            state = {**meta, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rank_states": distributed.all_gather_objects(own)}
-            if rank == 0:
-                atomic_save(state, path)
+            checkpointer.save(method, optimizer, meta, own, stem)
         except (OSError, CheckpointException) as e:  # a full disk, a folder gone; DCP's failures are BaseExceptions
             raise CheckpointError(f"could not write the checkpoint of step {step} ({first_line(e)}); the one of step "
                                   f"{ckpt_step} in {out_dir} is intact: free space (or fix the folder) and run the "
                                   "same command to resume from it") from None
-        distributed.barrier()
 
-    streaming = not hasattr(data, "train_images")  # full-resolution images decoded by DataLoader workers
-    if streaming:
-        def make_loader():
-            return data.training_loader(method.crops, local_batch, cfg.seed, rank, world,
-                                        pin_memory=device.type == "cuda")
-        loader = make_loader()
-    else:
-        train_images = data.train_images.to(device)
-        sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                     drop_last=True)
-    top_lr = peak_lr(cfg)
+    source = data.training_batches(method, local_batch, steps_per_epoch, cfg.seed, rank, world, generator, device)
     highres_start = highres_start_step(cfg, total_steps)
     knn_every_steps = round(cfg.knn_every * steps_per_epoch) if cfg.knn_every else 0
     bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.method} {cfg.preset}", unit="step",
@@ -196,55 +150,29 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
             cka = f", patch CKA to the start {evals[-1]['patch_cka_to_init']:.2f}"
         bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']}){cka}")
 
+    def start_highres_phase():
+        method.set_global_size(cfg.highres_size)
+        source.restart()  # streamed images: the workers crop at the new size from here on
+
     ckpt_step = step
-    if highres_start is not None and step > highres_start:
-        method.set_global_size(cfg.highres_size)  # resumed inside the high-resolution phase
-        if streaming:
-            loader = make_loader()
+    if highres_start is not None and step >= highres_start:
+        start_highres_phase()  # resumed inside the high-resolution phase
     if knn_every_steps and step == 0:
         record_knn()  # the starting point: the randomly initialised backbone
     model.train()
-    while step < total_steps and (stop_after is None or step < stop_after):
-        epoch, offset = divmod(step, steps_per_epoch)
-        if streaming:
-            loader.sampler.set_position(epoch, offset)
-            batches = iter(loader)
-        else:
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler))
-        for b in range(offset, steps_per_epoch):
-            tic = time.perf_counter()
+    finished = lambda: step >= total_steps or (stop_after is not None and step >= stop_after)  # noqa: E731
+    while not finished():
+        epoch, start = divmod(step, steps_per_epoch)
+        tic = time.perf_counter()
+        for batch in source.epoch(epoch, start):
             progress, in_highres = schedule_progress(step, total_steps, highres_start)
-            lr = cosine_schedule(progress, top_lr * (cfg.highres_lr_scale if in_highres else 1.0), cfg.min_lr,
-                                 warmup=cfg.warmup)
-            wd = cosine_schedule(progress, cfg.weight_decay, cfg.weight_decay_end)
-            apply_schedules(optimizer, lr, wd, progress)
+            lr, wd = set_schedules(optimizer, method, cfg, progress, cfg.highres_lr_scale if in_highres else 1.0)
             log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total_steps
-            save_now = (step + 1) % cfg.ckpt_every == 0 or step + 1 in (total_steps, stop_after)
-
-            if step == highres_start:
-                method.set_global_size(cfg.highres_size)   # the high-resolution phase begins
-                if streaming:  # the workers crop at the new size from here on
-                    loader = make_loader()
-                    loader.sampler.set_position(epoch, b)
-                    batches = iter(loader)
-            method.before_step(progress)
-            if streaming:
-                crops = method.complete_views(next(batches).to(device, non_blocking=True), generator)
-            else:
-                images = train_images[order[b * local_batch:(b + 1) * local_batch].to(device)]
-                crops = method.make_views(images, generator)
-            with _autocast(cfg, device, world):
-                loss, logs = model(crops, diagnostics=log_now)
-            if not torch.isfinite(loss):  # every step, as dinov2 checks: a NaN must not reach the weights
-                diverged(f"loss is {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            drop_frozen_gradients(optimizer, progress)
-            if cfg.clip_grad:
-                method.clip_gradients(cfg.clip_grad)
-            optimizer.step()
-            method.after_step(progress)
+            try:
+                loss, logs = training_step(model, method, optimizer, source.views(batch), cfg, progress, device, world,
+                                           diagnostics=log_now)
+            except NonFiniteLoss as e:
+                diverged(f"{e} at step {step}")
             step += 1
             train_seconds += time.perf_counter() - tic
 
@@ -257,14 +185,17 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
                 bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", lr=f"{lr:.1e}", refresh=False)
             if knn_every_steps and (step % knn_every_steps == 0 or step == total_steps or step == highres_start):
                 record_knn()
-            if save_now:
+            if step % cfg.ckpt_every == 0 or finished():
                 save_checkpoint()
                 ckpt_step = step
-            if step == highres_start:  # the backbone as it was before the phase, for the before/after comparison
-                save_checkpoint(out_dir / ("checkpoint-before-highres" + ("" if sharded else ".pt")))
             bar.update()
-            if step >= total_steps or step == stop_after:
+            if step == highres_start:  # keep the backbone as it was before the phase, then enter it
+                save_checkpoint("checkpoint-before-highres")
+                start_highres_phase()
+                break  # the epoch's next batches come from the source as it is now
+            if finished():
                 break
+            tic = time.perf_counter()
     bar.close()
 
     result = None
@@ -274,6 +205,17 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     distributed.barrier()
     return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method,
             "optimizer": optimizer}
+
+
+def load_data(cfg: Config, world: int):
+    """cfg's images (data.load_dataset): rank 0 decodes and caches them first, the other ranks then read its cache."""
+    if distributed.rank() != 0:
+        distributed.barrier()
+    data = load_dataset(cfg)
+    if distributed.rank() == 0:
+        distributed.barrier()
+    check_run(cfg, world, n_train=len(data.train_labels))
+    return data
 
 
 def state_is_finite(method: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
@@ -307,8 +249,8 @@ def highres_start_step(cfg: Config, total_steps: int) -> int | None:
 def periodic_knn(backbone: nn.Module, data, cfg: Config, device) -> float:
     """k-NN top-1 with a bank of cfg.knn_bank training images (fixed subset) against the test images."""
     bank = data.subset(n_train=cfg.knn_bank, seed=1)
-    train = split_features(backbone, bank, "train", cfg.eval_batch_size, device, desc="k-NN bank")
-    test = split_features(backbone, bank, "test", cfg.eval_batch_size, device, desc="k-NN test")
+    train = bank.features(backbone, "train", cfg.eval_batch_size, device, desc="k-NN bank")
+    test = bank.features(backbone, "test", cfg.eval_batch_size, device, desc="k-NN test")
     return knn_top1(train, bank.train_labels, test, bank.test_labels, cfg.knn_k, cfg.knn_temperature)
 
 
@@ -357,10 +299,8 @@ def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, s
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps({"history": history, "evals": evals}, indent=1), out_dir / "history.json")
     atomic_write_text(json.dumps(result, indent=1), result_path)
-    from .visualize import plot_training  # matplotlib only when needed
     fig = plot_training(history, evals, title=f"{cfg.method} ({cfg.preset})", final=result)
     fig.savefig(out_dir / "curves.png", dpi=120, bbox_inches="tight")
-    import matplotlib.pyplot as plt
     plt.close(fig)
     return result
 
@@ -380,6 +320,9 @@ def check_run(cfg: Config, world: int, n_train: int | None = None) -> int:
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes: set batch_size to "
                           f"a multiple of {world}")
+    if (cfg.batch_size // world) % cfg.accum_steps:
+        raise ConfigError(f"each process's {cfg.batch_size // world} images must split into accum_steps="
+                          f"{cfg.accum_steps} equal micro-batches: choose accum_steps dividing {cfg.batch_size // world}")
     if n_train is None and cfg.dataset == "cifar10":
         n_train = min(cfg.train_subset or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
     if n_train is not None and cfg.batch_size > n_train:
@@ -395,16 +338,6 @@ def check_run(cfg: Config, world: int, n_train: int | None = None) -> int:
         raise ConfigError(f"knn_k {cfg.knn_k} is larger than the {n_train} training images of the k-NN bank: lower "
                           "knn_k")
     return cfg.batch_size // world
-
-
-def check_checkpoint_format(out_dir: Path, sharded: bool) -> None:
-    """A run folder whose checkpoint is of the other kind (checkpoint.pt vs the sharded checkpoint/) was trained with
-    the other `parallel`; it cannot be resumed with this one."""
-    other = out_dir / (FULL_CHECKPOINT if sharded else SHARDED_CHECKPOINT)
-    if other.exists():
-        was, now = ("ddp", "fsdp") if sharded else ("fsdp", "ddp")
-        raise CheckpointError(f"{out_dir} holds a checkpoint of parallel={was} ({other.name}); resume it with "
-                              f"--set parallel={was}, or train with parallel={now} in another out_dir")
 
 
 def check_resumable(ckpt: dict, cfg: Config, path: Path, world: int, allow_changes=()) -> dict:

@@ -70,6 +70,7 @@ def plot_bars(values: dict[str, float], title: str = "", ylabel: str = "top-1 (%
     x = np.arange(len(values))
     bars = ax.bar(x, list(values.values()), color=[f"C{i}" for i in range(len(values))])
     ax.bar_label(bars, fmt="%.1f")
+    ax.margins(y=0.12)  # room above (and below) the tallest bars for their labels
     widest = max(len(line) for label in values for line in label.split("\n"))
     slanted = widest > 14  # longer lines would run into their neighbours' at this width
     ax.set_xticks(x, list(values.keys()), fontsize=9, rotation=20 if slanted else 0, ha="right" if slanted else "center")

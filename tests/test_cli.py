@@ -69,6 +69,10 @@ def check_finished_run(out: Path, method: str, parallel: str, processes: int) ->
     return result
 
 
+# runs that also take each process's batch in 2 micro-batches (gradient accumulation), under each engine
+ACCUMULATED = {("ibot", "ddp"), ("dinov2", "fsdp")}
+
+
 @pytest.fixture(scope="module")
 def torchrun_runs(tmp_path_factory):
     """{(method, parallel): (finished process, its out_dir)}: each launch once, shared by the tests that read it."""
@@ -77,8 +81,9 @@ def torchrun_runs(tmp_path_factory):
     def trained(method: str, parallel: str):
         if (method, parallel) not in runs:
             root = tmp_path_factory.mktemp(f"{method}-{parallel}")
+            accumulate = ["accum_steps=2"] if (method, parallel) in ACCUMULATED else []
             proc = run([*TORCHRUN, "train", "--method", method, "--preset", "smoke", "--no-baselines",
-                        "--set", f"parallel={parallel}", f"out_dir={root / 'run'}"], root)
+                        "--set", f"parallel={parallel}", f"out_dir={root / 'run'}", *accumulate], root)
             runs[method, parallel] = proc, root / "run"
         return runs[method, parallel]
     return trained
@@ -91,6 +96,8 @@ def test_train_under_torchrun_with_every_method_and_engine(torchrun_runs, method
     result = check_finished_run(out, method, parallel, processes=2)
     assert proc.stdout.count("Results on CIFAR-10 test") == 1  # rank 0 alone prints the table
     assert f"{result['knn_top1']:8.1f} %" in proc.stdout
+    if (method, parallel) in ACCUMULATED:
+        assert result["config"]["accum_steps"] == 2 and "accum_steps=2: micro-batches of 16 images" in proc.stdout
 
 
 def test_export_script_launcher_runs_the_saved_config_under_torchrun(tmp_path, capsys):

@@ -2,10 +2,16 @@ import pytest
 
 from ssl_lessons.__main__ import main
 from ssl_lessons.config import PRESETS, ConfigError, make_config, parse_set_args
+from ssl_lessons.methods import METHODS
 
 
 def test_presets_build_and_overrides_parse_types():
-    owners = {"imagenet-vits16-dino": "dino", "imagenet-vitl14-dinov2": "dinov2", "imagenet-vits14-distill": "distill"}
+    owners = {}  # an ImageNet preset -> the first registered method whose recipe it is
+    for method, cls in METHODS.items():
+        for preset in cls.PRESETS:
+            if preset.startswith("imagenet-"):
+                owners.setdefault(preset, method)
+    assert set(owners) == {name for name in PRESETS if name.startswith("imagenet-")}
     for name in PRESETS:  # an ImageNet preset is one method's recipe and needs the tree's path
         extra = {"method": owners[name], "dataset": "/datasets/imagenet"} if name in owners else {}
         assert make_config(name, extra).preset == name
@@ -16,7 +22,7 @@ def test_presets_build_and_overrides_parse_types():
 def test_unknown_key_is_rejected_with_a_suggestion():
     with pytest.raises(ConfigError, match="unknown config key 'temprature'. Did you mean temperature"):
         make_config("smoke", {"temprature": "0.1"})
-    with pytest.raises(ConfigError, match="unknown config key 'zzz'. Known keys: activation_checkpointing, amp, backbone"):
+    with pytest.raises(ConfigError, match="unknown config key 'zzz'. Known keys: accum_steps, activation_checkpointing, amp"):
         make_config("smoke", {"zzz": "1"})
 
 

@@ -10,7 +10,8 @@ from ssl_lessons.config import ConfigError, make_config
 from ssl_lessons.heads import DINOHead
 from ssl_lessons.losses.dino import DINOLoss, cross_view_cross_entropy, teacher_targets
 from ssl_lessons.methods import build_method
-from ssl_lessons.methods.dino import collapse_study_configs, teacher_temperature
+from ssl_lessons.methods.dino import teacher_temperature
+from ssl_lessons.studies import collapse_study_configs
 from ssl_lessons.teacher import momentum_schedule
 
 
@@ -202,7 +203,7 @@ def test_dino_step_teacher_sees_globals_only_and_follows_the_student():
 
 
 def test_collapse_study_has_the_four_runs_of_fig_7():
-    configs = collapse_study_configs("smoke")
+    configs = collapse_study_configs("dino", "smoke")
     assert list(configs) == ["full DINO", "no centering", "no sharpening", "neither"]
     assert configs["no sharpening"].recipe.teacher_temp == configs["no sharpening"].recipe.student_temp
     assert configs["neither"].recipe.centering == "none" and configs["full DINO"].recipe.centering == "ema"

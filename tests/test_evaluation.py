@@ -56,7 +56,7 @@ def test_linear_probe_separates_linear_classes_and_fails_on_noise():
 
 
 def test_pixel_features_are_standardised_and_flat(tiny_data):
-    from ssl_lessons.data import CIFAR10_MEAN, CIFAR10_STD
+    from ssl_lessons.images import CIFAR10_MEAN, CIFAR10_STD
     f = pixel_features(tiny_data.train_images)
     assert f.shape == (256, 3 * 32 * 32) and f.dtype == torch.float32
     mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)

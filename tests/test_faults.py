@@ -11,10 +11,11 @@ import torch
 from ssl_lessons.__main__ import main
 from ssl_lessons.checkpoint import SafeLoadPlanner, load_checkpoint, run_lock
 from ssl_lessons.config import make_config
-from ssl_lessons.data import decode_bytes
+from ssl_lessons.images import decode_bytes
 from ssl_lessons.errors import CheckpointError, ConfigError, TrainingDiverged, user_message
 from ssl_lessons.launch import load_config_file, save_config
-from ssl_lessons.pretrained import export_backbone, load_backbone
+from ssl_lessons.export import export_backbone
+from ssl_lessons.pretrained import load_backbone
 from ssl_lessons.train import train
 
 
@@ -241,11 +242,11 @@ def test_a_streamed_tree_warns_of_a_train_class_missing_from_val(tmp_path):
 
 
 def test_a_full_disk_at_a_save_keeps_the_last_checkpoint_and_resumes_exactly(tmp_path, tiny_data, monkeypatch):
-    import ssl_lessons.train as train_module
+    import ssl_lessons.checkpoint as checkpoint_module
     cfg = smoke(tmp_path, epochs=1.0, ckpt_every=2)
     uninterrupted = train(smoke(tmp_path, name="whole", epochs=1.0, ckpt_every=2), data=tiny_data,
                           show_progress=False)
-    real_save, saves = train_module.atomic_save, []
+    real_save, saves = checkpoint_module.atomic_save, []
 
     def full_disk_at_the_second_save(state, path):
         saves.append(state["step"])
@@ -253,10 +254,10 @@ def test_a_full_disk_at_a_save_keeps_the_last_checkpoint_and_resumes_exactly(tmp
             raise OSError(28, "No space left on device")
         real_save(state, path)
 
-    monkeypatch.setattr(train_module, "atomic_save", full_disk_at_the_second_save)
+    monkeypatch.setattr(checkpoint_module, "atomic_save", full_disk_at_the_second_save)
     with pytest.raises(CheckpointError, match=r"step 4 \(.*No space left on device\); the one of step 2 .* intact"):
         train(cfg, data=tiny_data, show_progress=False)
-    monkeypatch.setattr(train_module, "atomic_save", real_save)
+    monkeypatch.setattr(checkpoint_module, "atomic_save", real_save)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
     resumed = train(cfg, data=tiny_data, show_progress=False)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in uninterrupted["history"]]

@@ -191,7 +191,8 @@ def test_parallel_cannot_change_on_resume(tmp_path):
 
 def test_a_sharded_run_exports_its_backbone_as_a_single_file(tmp_path):
 
-    from ssl_lessons.pretrained import export_backbone, load_backbone_and_heads
+    from ssl_lessons.export import export_backbone
+    from ssl_lessons.pretrained import load_backbone_and_heads
     cfg = make_config("smoke", {"method": "dino", "out_dir": str(tmp_path / "run"), "parallel": "fsdp",
                                 "knn_every": 0.0, "linear_probe": False, "knn_bank": 256, "epochs": 1.0,
                                 "batch_size": 64})

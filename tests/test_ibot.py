@@ -175,7 +175,8 @@ def test_ibot_trains_both_losses_and_resumes_exactly(tmp_path, tiny_data, separa
 
 
 def test_an_exported_ibot_backbone_loads_with_its_mask_token(tmp_path, tiny_data):
-    from ssl_lessons.pretrained import export_backbone, load_backbone
+    from ssl_lessons.export import export_backbone
+    from ssl_lessons.pretrained import load_backbone
     cfg = make_config("smoke", {"method": "ibot", "out_dir": str(tmp_path / "run"), "knn_every": 0.0,
                                 "linear_probe": False, "knn_bank": 256})
     run = train(cfg, data=tiny_data, show_progress=False)

@@ -51,7 +51,7 @@ def test_export_script_writes_a_multi_node_launcher_and_sbatch_with_rendezvous(t
 def test_train_config_flag_runs_a_saved_config_and_refuses_a_contradiction(tmp_path, monkeypatch, capsys):
     path = save_config(make_config("smoke", {"method": "dino"}), tmp_path / "config.json")
     seen = {}
-    monkeypatch.setattr("ssl_lessons.train.train", lambda cfg, **kw: seen.update(cfg=cfg) or {"result": None})
+    monkeypatch.setattr("ssl_lessons.__main__.train", lambda cfg, **kw: seen.update(cfg=cfg) or {"result": None})
     main(["train", "--config", str(path), "--set", "epochs=0.5"])
     assert seen["cfg"].method == "dino" and seen["cfg"].preset == "smoke" and seen["cfg"].epochs == 0.5
     with pytest.raises(SystemExit):

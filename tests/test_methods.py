@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ssl_lessons.config import make_config
-from ssl_lessons.methods import BYOL, DINO, SimCLR, SwAV, build_method
+from ssl_lessons.methods import METHODS, build_method
 from ssl_lessons.optim import drop_frozen_gradients
 from ssl_lessons.teacher import momentum_schedule
 
@@ -15,7 +15,7 @@ def tiny(method, **overrides):
     return build_method(make_config("smoke", {"method": method, **overrides}))
 
 
-@pytest.mark.parametrize("name,cls", [("simclr", SimCLR), ("byol", BYOL), ("swav", SwAV), ("dino", DINO)])
+@pytest.mark.parametrize("name,cls", list(METHODS.items()))
 def test_build_method_gives_the_named_method_with_its_recipe(name, cls):
     method = tiny(name)
     assert type(method) is cls and isinstance(method.recipe, cls.Recipe)
@@ -112,7 +112,7 @@ def test_swav_queue_shorter_than_the_batch_is_refused():
         make_config("smoke", {"method": "swav", "queue_length": "10"})
 
 
-@pytest.mark.parametrize("name", ["simclr", "byol", "swav", "dino"])
+@pytest.mark.parametrize("name", list(METHODS))
 def test_diagnostics_are_computed_only_when_asked(name, tiny_data, monkeypatch):
     method = tiny(name)
     crops = method.make_views(tiny_data.train_images[:8], torch.Generator().manual_seed(0))

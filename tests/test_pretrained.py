@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ssl_lessons.config import make_config
-from ssl_lessons.pretrained import export_backbone, load_backbone
+from ssl_lessons.export import export_backbone
+from ssl_lessons.pretrained import load_backbone
 from ssl_lessons.train import train
 
 

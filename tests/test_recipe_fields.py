@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ssl_lessons.config import make_config
-from ssl_lessons.methods import build_method
+from ssl_lessons.methods import DINO, METHODS, build_method
 from ssl_lessons.methods.distill import FROM_THE_TEACHER, NOT_USED
 
 from conftest import write_teacher
@@ -33,7 +33,7 @@ CHANGES = {
     "layer_decay": ("0.5", {}), "patch_embed_lr_mult": ("0.5", {}), "teacher": ("another teacher", {}),
     "patch_fraction": ("0.5", {}),
 }
-FAMILY = ("dino", "ibot", "dinov2", "distill")
+FAMILY = tuple(name for name, cls in METHODS.items() if issubclass(cls, DINO))  # the DINO family
 
 
 def fingerprint(method_name: str, overrides: dict) -> list:

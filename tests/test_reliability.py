@@ -13,7 +13,7 @@ from ssl_lessons.checkpoint import atomic_save, load_checkpoint
 from ssl_lessons.config import config_from_dict, flat_config, make_config, parse_set_args, train_command
 from ssl_lessons.data import load_cifar10, load_image_folder, read_image_source
 from ssl_lessons.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from ssl_lessons.pretrained import export_backbone
+from ssl_lessons.export import export_backbone
 from ssl_lessons.train import train
 from test_data import write_image_folder
 

@@ -9,7 +9,8 @@ from conftest import make_image_tree
 import ssl_lessons.streaming as streaming
 from ssl_lessons.augment import ViewAugment
 from ssl_lessons.config import make_config
-from ssl_lessons.data import IMAGENET_MEAN, IMAGENET_STD, ImageData, load_dataset
+from ssl_lessons.data import ImageData, load_dataset
+from ssl_lessons.images import IMAGENET_MEAN, IMAGENET_STD
 from ssl_lessons.errors import DataError
 from ssl_lessons.methods import build_method
 from ssl_lessons.streaming import EpochSampler, StreamingImages, decode_file
@@ -120,12 +121,14 @@ def test_a_corrupt_file_is_reported_with_its_path(tmp_path):
 def test_streamed_features_are_every_images_in_order(tree):
     data = StreamingImages(tree, eval_size=32, workers=0)
     mean_colour = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    features = data.stream_features(mean_colour, "test", batch_size=5, device="cpu")
+    features = data.features(mean_colour, "test", batch_size=5, device="cpu")
     assert features.shape == (32, 3)
     one = streaming._EvalImages(data.test_folder, [17], 32)[0][0]
     assert torch.allclose(features[17], one.mean(dim=(1, 2)), atol=1e-5)
     # the classes differ in brightness: the mean colour orders them
     assert (features[data.test_labels == 3].mean() > features[data.test_labels == 0].mean()).item()
+    learned = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    assert not data.features(learned, "test", batch_size=5, device="cpu").requires_grad  # no graph kept
 
 
 def test_auto_streams_only_a_tree_too_large_for_memory(tree, tmp_path, monkeypatch):

@@ -21,6 +21,8 @@ def test_resumed_run_has_the_same_loss_trace_as_an_uninterrupted_one(tmp_path, t
     first = train(cfg, data=tiny_data, stop_after=3, show_progress=False)
     assert first["result"] is None and len(first["history"]) == 3
     assert (tmp_path / "split" / "checkpoint.pt").exists()
+    again = train(cfg, data=tiny_data, stop_after=2, show_progress=False)  # a limit already passed: no step
+    assert again["result"] is None and len(again["history"]) == 3
     resumed = train(cfg, data=tiny_data, show_progress=False)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     assert len(full["history"]) == 8

@@ -80,7 +80,7 @@ def cross_view_cross_entropy(student_out: list[torch.Tensor], targets: list[torc
 
 
 def sinkhorn_targets(teacher_out: torch.Tensor, teacher_temp: float, iterations: int = 3,
-                     n_samples: int | None = None) -> torch.Tensor:
+                     n_samples: int | torch.Tensor | None = None) -> torch.Tensor:
     """(N, K) teacher logits -> (N, K) Sinkhorn-Knopp codes with epsilon = tau_t (dinov2's sinkhorn_knopp_teacher):
     rows sum to 1, columns to n_samples / K over the global batch (n_samples: all rows of every rank)."""
     return sinkhorn_knopp(teacher_out.detach().float(), epsilon=teacher_temp, iters=iterations, n_samples=n_samples)

@@ -59,7 +59,8 @@ class iBOTPatchLoss(nn.Module):
     def targets(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """(M, K) masked teacher logits -> (M, K) targets, by this loss's centering."""
         if self.centering == "sinkhorn_knopp":
-            n_masked = int(all_reduce_sum(teacher_logits.new_tensor(float(len(teacher_logits)))).item())
+            # every rank's masked tokens, as a tensor (dinov2's n_masked_patches_tensor): no host sync
+            n_masked = all_reduce_sum(teacher_logits.new_tensor(float(len(teacher_logits))))
             return sinkhorn_targets(teacher_logits, teacher_temp, self.sinkhorn_iterations, n_samples=n_masked)
         return teacher_targets(teacher_logits.float(), self.center, teacher_temp)
 

@@ -37,6 +37,8 @@ class Method(nn.Module):
     DEFAULTS: dict = {}
     PRESETS: dict = {}
     uses_patch_masks = False   # True: the backbone is built with a learnable mask token
+    TITLE = ""                 # its name in the course's tables; empty = the class name
+    ACCUMULATION = ""          # what sees a micro-batch instead of the batch when accum_steps > 1 (step.py)
 
     backbone: nn.Module
     crops: MultiCrop

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import BYOL_JITTER, ViewAugment
-from ..config import require
+from ..errors import require
 from ..crops import MultiCrop
 from ..diagnostics import effective_rank, normalized_std
 from ..heads import ProjectionMLP
@@ -40,6 +40,8 @@ class BYOLRecipe:
         for key in ("teacher_momentum", "teacher_momentum_end"):
             require(0 <= getattr(self, key) <= 1, f"{key} must be in [0, 1], got {getattr(self, key)}")
         require(0 < self.crop_scale_min <= 1, f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+        require(cfg.accum_steps == 1, "BYOL takes no gradient accumulation (accum_steps=1): its projector and "
+                                      "predictor normalise with the batch's statistics (BatchNorm)")
 
 
 class BYOL(Method):
@@ -90,11 +92,3 @@ COLLAPSE_VARIANTS = {
     "tau = 0 (target = online)": {"teacher_momentum": 0.0, "teacher_momentum_end": 0.0},
 }
 COLLAPSE_EPOCHS = {"cifar10-laptop": 1.0}  # other presets keep their own (short) budget
-
-
-def collapse_study_configs(preset: str) -> dict:
-    """{variant name: Config} for the collapse study at `preset`, each with its own run folder."""
-    from ..config import variant_configs
-
-    common = {"epochs": COLLAPSE_EPOCHS[preset]} if preset in COLLAPSE_EPOCHS else {}
-    return variant_configs(preset, "byol", COLLAPSE_VARIANTS, **common)

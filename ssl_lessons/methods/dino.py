@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import DINO_GLOBAL_VIEWS, DINO_LOCAL_VIEW
-from ..config import require
+from ..errors import require
 from ..crops import MultiCropRecipe
 from ..heads import DINOHead
 from ..losses.dino import CENTERINGS, DINOLoss
@@ -76,6 +76,9 @@ class DINO(Method):
     Where each concept lives: the student's heads in `build_heads`, the teacher in `__init__` (an EMA copy of
     the student unless one is given), its outputs in `teacher_output` (the one no-grad place), the centring and
     sharpening of those outputs in the losses (losses/dino.py, losses/ibot.py: one `centering` setting for all)."""
+    ACCUMULATION = ("the teacher's centering sees each micro-batch: the EMA center moves after every one "
+                    "(centering=ema), Sinkhorn-Knopp balances each one's codes over the processes (sinkhorn_knopp); "
+                    "with centering=none nothing couples the images")
     Recipe = DINORecipe
     DEFAULTS = dict(weight_decay=0.04, weight_decay_end=0.4, global_pool="token")
     PRESETS = {
@@ -168,11 +171,3 @@ COLLAPSE_VARIANTS = {
     "neither": {"centering": "none", "teacher_temp_start": 0.1, "teacher_temp": 0.1},
 }
 COLLAPSE_EPOCHS = {"cifar10-laptop": 0.4}
-
-
-def collapse_study_configs(preset: str) -> dict:
-    """{variant name: Config} for the DINO collapse study at `preset`, each with its own run folder."""
-    from ..config import variant_configs
-
-    common = {"epochs": COLLAPSE_EPOCHS[preset], "linear_probe": False} if preset in COLLAPSE_EPOCHS else {}
-    return variant_configs(preset, "dino", COLLAPSE_VARIANTS, **common)

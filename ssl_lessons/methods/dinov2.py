@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import require
+from ..errors import require
 from ..losses.koleo import KoLeoLoss
 from ..optim import clip_total_norm, parameter_groups, vit_layer_decay
 from .ibot import iBOT, iBOTRecipe
@@ -62,6 +62,7 @@ class DINOv2Recipe(iBOTRecipe):
 
 class DINOv2(iBOT):
     Recipe = DINOv2Recipe
+    ACCUMULATION = iBOT.ACCUMULATION + "; KoLeo's nearest neighbours are sought within each micro-batch of a process"
     DEFAULTS = dict(
         global_pool="token",
         lr=0.004, lr_scaling="sqrt",        # optim.base_lr for batch 1024, scaling_rule: sqrt_wrt_1024
@@ -141,41 +142,9 @@ ABLATION_VARIANTS = {
 ABLATION_EPOCHS = {"cifar10-laptop": 0.4}
 
 
-def ablation_configs(preset: str) -> dict:
-    """{variant name: Config} for the DINOv2 ablation at `preset`, each with its own run folder (no high-resolution
-    phase: it compares the recipe's parts at one resolution)."""
-    from ..config import variant_configs
-
-    common = {"highres_size": 0, "highres_fraction": 0.0}
-    if preset in ABLATION_EPOCHS:
-        common.update(epochs=ABLATION_EPOCHS[preset])
-    return variant_configs(preset, "dinov2", ABLATION_VARIANTS, **common)
-
-
 @torch.no_grad()
 def feature_uniformity(features: torch.Tensor) -> float:
     """KoLeo's own measure of spread, for evaluation: -L_KoLeo, the mean log distance of each L2-normalised feature
     to its nearest neighbour among the others. (n, D) -> a number; higher = more uniformly spread. (10,000 test
     features need a 10,000 x 10,000 similarity matrix: 400 MB.)"""
     return -KoLeoLoss()(features).item()
-
-
-def ablation_study(preset: str = "cifar10-laptop", show_progress: bool = True) -> dict[str, dict]:
-    """Train (or resume, or read back) every ablation variant; {variant: {"knn_top1", "linear_top1", "dense_miou",
-    "uniformity", "train_minutes"}}, the uniformity measured on the test images' features of the evaluated backbone."""
-    from ..data import load_dataset
-    from ..evaluation import extract_features
-    from ..train import pick_device, train
-
-    rows = {}
-    for name, cfg in ablation_configs(preset).items():
-        run = train(cfg, show_progress=show_progress)
-        result = run["result"]
-        data = load_dataset(cfg)
-        features = extract_features(run["method"].eval_backbone, data.test_images, cfg.eval_batch_size,
-                                    pick_device(cfg.device), desc="uniformity")
-        rows[name] = {"knn_top1": result["knn_top1"], "linear_top1": result.get("linear_top1"),
-                      "dense_miou": result.get("dense_miou"),
-                      "uniformity": feature_uniformity(features), "train_minutes": result["train_minutes"],
-                      "out_dir": str(run["out_dir"])}
-    return rows

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..config import require
+from ..errors import require
 from ..heads import DINOHead
 from ..losses.ibot import iBOTPatchLoss
 from ..masking import BatchMasker

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import ViewAugment, simclr_jitter
-from ..config import require
+from ..errors import require
 from ..crops import MultiCrop
 from ..distributed import gather_with_grad
 from ..heads import ProjectionMLP
@@ -32,6 +32,8 @@ class SimCLRRecipe:
         require(self.temperature > 0, f"temperature must be positive, got {self.temperature}")
         require(0 < self.crop_scale_min <= 1, f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
         require(self.jitter_strength >= 0, f"jitter_strength must be >= 0, got {self.jitter_strength}")
+        require(cfg.accum_steps == 1, "SimCLR takes no gradient accumulation (accum_steps=1): its negatives are the "
+                                      "other images of the batch, so micro-batches are a smaller batch, not a split one")
 
 
 class SimCLR(Method):

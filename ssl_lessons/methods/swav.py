@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..augment import simclr_jitter
-from ..config import require
+from ..errors import require
 from ..crops import MultiCropRecipe
 from ..diagnostics import effective_rank, normalized_std
 from ..distributed import world_size
@@ -53,6 +53,8 @@ class SwAVRecipe(MultiCropRecipe):
         require(self.queue_length == 0 or self.queue_length >= cfg.batch_size,
                 f"queue_length ({self.queue_length}) must be 0 or at least batch_size ({cfg.batch_size}): it is "
                 "trimmed to a multiple of the global batch, as main_swav.py does")
+        require(cfg.accum_steps == 1, "SwAV takes no gradient accumulation (accum_steps=1): Sinkhorn-Knopp shares the "
+                                      "batch out equally among the prototypes, and its queue is filled per batch")
 
 
 def rank_queue_length(queue_length: int, local_batch: int, world: int) -> int:
