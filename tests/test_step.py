@@ -66,6 +66,7 @@ def sgd_step(tiny_data, accum_steps: int):
     return loss, {k: v.detach().clone() for k, v in method.named_parameters()}
 
 
+@pytest.mark.numerics  # also run with other kernels and threads (make test): a tolerance of summation order
 def test_accumulated_micro_batches_give_the_whole_batch_step(tiny_data):
     loss_1, whole = sgd_step(tiny_data, 1)
     loss_4, micro = sgd_step(tiny_data, 4)
