@@ -38,6 +38,7 @@ from .streaming import StreamingImages, cache_bytes
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SSL_LESSONS_DATA_DIR", REPO_ROOT / "data"))
 ENV_VAR = "SSL_LESSONS_CIFAR10"
+CIFAR10_TRAIN_IMAGES = 50_000
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config
+from .data import CIFAR10_TRAIN_IMAGES
 from .errors import CheckpointError, user_message
 from .methods import build_method
 from .parallel import state_bytes
@@ -30,7 +31,6 @@ ACTIVATION_BYTES = 34     # per token and channel of a block, 16-bit mixed preci
 CHECKPOINTED_BYTES = 2    # per token and channel: a checkpointed block keeps its input only
 LOGIT_BYTES = 12          # per logit: fp32 logits, their log-softmax, the teacher's targets
 IMAGENET_TRAIN_IMAGES = 1_281_167
-CIFAR10_TRAIN_IMAGES = 50_000
 # The throughput assumed where nothing was measured: an A100's dense bf16 peak, at a utilisation typical of ViT
 # training (MFU). State it with the numbers it gives; measure yours with `python -m ssl_lessons bench`.
 ASSUMED_TFLOPS = 312.0

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import Checkpointer, atomic_write_text, run_lock
 from .config import Config, config_from_dict, config_to_dict, flat_config
-from .data import load_dataset
+from .data import CIFAR10_TRAIN_IMAGES, load_dataset
 from .dense import DenseBenchmark, dense_probe
 from .diagnostics import linear_cka
 from .errors import CheckpointError, ConfigError, TrainingDiverged, first_line
@@ -49,7 +49,6 @@ RESUMABLE_CHANGES = {"out_dir", "ckpt_every", "device", "eval_batch_size", "line
                      "knn_every", "knn_bank", "activation_checkpointing", "sequence_packing", "workers"}
 # Fields that may change on resume when the user says so (--allow-change), besides the recipe's float fields.
 ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_end", "clip_grad", "accum_steps")
-CIFAR10_TRAIN_IMAGES = 50_000
 
 
 def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: bool = True,
