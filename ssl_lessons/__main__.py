@@ -1,5 +1,5 @@
 """Command line: `python -m ssl_lessons {train,baselines,prepare-data,collapse-study,ablation,export,export-script,
-bench} ...` (see --help of each)."""
+curate,curation-study,bench} ...` (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -11,16 +11,19 @@ import time
 from .baselines import load_or_compute_yardsticks
 from .bench import main as bench_main, stream_rate, synthetic_data, tricks
 from .config import PRESETS, Config, apply_overrides, make_config, parse_set_args
+from .curation import DEDUP_THRESHOLD, DEFAULT_DESCRIPTOR, RELATIVE_THRESHOLD, curate, write_curation
 from .data import load_cifar10, uses_streaming
+from .descriptors import load_descriptor
 from .distributed import is_main
 from .errors import ConfigError, UserError, user_message
 from .estimates import summary
+from .images import image_files
 from .export import export_backbone
 from .launch import export_script, load_config_file
 from .methods import METHODS
 from .pretrained import PRETRAINED_DIR
 from .runtime import pick_device, run_dir
-from .studies import COLLAPSE_STUDIES, ablation_study, collapse_study_configs
+from .studies import COLLAPSE_STUDIES, ablation_study, collapse_study_configs, curation_study
 from .train import train
 
 METHOD_HELP = f"{', '.join(METHODS)} ({Config.method} by default)"
@@ -151,6 +154,35 @@ def cmd_export_script(args):
     print(f"run: bash {paths['launcher']}    or on SLURM: cd {paths['sbatch'].parent} && sbatch job.sbatch")
 
 
+def cmd_curate(args):
+    files = image_files(args.root)
+    descriptor = load_descriptor(args.descriptor)
+    pool = descriptor.describe_files(files)
+    seeds = descriptor.describe_files(image_files(args.seeds)) if args.seeds else None
+    evaluation = descriptor.describe_files(image_files(args.exclude)) if args.exclude else None
+    stages = curate(pool, args.threshold, evaluation, args.relative_threshold, seeds, args.per_seed, args.size,
+                    seed=args.seed)
+    settings = {"descriptor": descriptor.name, "threshold": args.threshold, "relative_threshold":
+                args.relative_threshold, "seeds": args.seeds, "per_seed": args.per_seed, "exclude": args.exclude,
+                "size": args.size, "seed": args.seed}
+    write_curation(args.out, files, args.root, stages, settings)
+    for stage in stages:
+        print(f"  {stage.name:24s} {len(stage.kept):8d} images   {stage.note}")
+    print(f"curated list: {args.out}/curated.txt; removed files and why: {args.out}/removed.tsv; report.md beside them")
+
+
+def cmd_curation_study(args):
+    study, results = curation_study(args.preset, args.steps, args.descriptor)
+    tau_self, tau_relative = study.thresholds
+    print(f"\nthresholds ({args.descriptor}): copies {tau_self:.3f}, near-copies of the test set {tau_relative:.3f}")
+    for stage in study.stages["retrieval"] + study.stages["balanced"][-1:]:
+        print(f"  {stage.name:24s} {len(stage.kept):7d} images   {stage.note}")
+    size = len(study.arms["retrieved"])
+    print(f"\nSimCLR ({args.preset}), {args.steps} steps on {size} images of each pool; CIFAR-10 k-NN and linear probe:")
+    for arm, r in results.items():
+        print(f"  {arm:13s} k-NN {r['knn_top1']:5.1f} %   linear {r['linear_top1']:5.1f} %   {r['train_minutes']:.1f} min")
+
+
 def cmd_bench(args):
     cfg = _config(args)
     data = synthetic_data(cfg) if args.synthetic else None
@@ -220,6 +252,32 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder for config.json, launch.sh and job.sbatch")
     p.add_argument("--overwrite", action="store_true", help="replace those files where --out has them already")
     p.set_defaults(func=cmd_export_script)
+    p = sub.add_parser("curate", help="lesson 8: curate a folder of images as DINOv2 and DINOv3 did (deduplicate, "
+                                       "retrieve near seed images, sample evenly over clusters)")
+    p.add_argument("root", help="the folder of uncurated images (any depth; an ImageFolder tree or not)")
+    p.add_argument("--out", required=True, help="folder for curated.txt, removed.tsv and the report")
+    p.add_argument("--descriptor", default=DEFAULT_DESCRIPTOR,
+                   help=f"what images are compared by: an exported backbone (default {DEFAULT_DESCRIPTOR}), a .pt "
+                        "file, 'pixels', 'random-vit', or timm:MODEL when online")
+    p.add_argument("--threshold", type=float, default=DEDUP_THRESHOLD,
+                   help=f"cosine above which two images are copies (default {DEDUP_THRESHOLD}: 1 %% of distinct "
+                        "CIFAR-10 test images have a neighbour above it under the default descriptor; another "
+                        "descriptor needs its own: lesson 8, section 3.2)")
+    p.add_argument("--exclude", metavar="DIR", help="evaluation images: pool images near any of them are removed")
+    p.add_argument("--relative-threshold", type=float, default=RELATIVE_THRESHOLD,
+                   help=f"cosine for --exclude (default {RELATIVE_THRESHOLD}: 5 %% of distinct test images; looser than "
+                        "--threshold, as DINOv2's)")
+    p.add_argument("--seeds", metavar="DIR", help="curated seed images: keep only the pool images nearest to them")
+    p.add_argument("--per-seed", type=count(1), default=4, help="pool images retrieved per seed image (DINOv2: 4)")
+    p.add_argument("--size", type=count(1), help="draw this many images evenly over a hierarchical k-means (DINOv3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means and the sampling")
+    p.set_defaults(func=cmd_curate)
+    p = sub.add_parser("curation-study", help="lesson 8: SimCLR pretrained for equal steps on equal-sized pools "
+                                               "from each curation stage (uncurated, deduplicated, retrieved, balanced)")
+    p.add_argument("--preset", default="cifar10-laptop", choices=STUDY_PRESETS)
+    p.add_argument("--steps", type=count(1), default=100, help="training steps on each pool (lesson 8: 100)")
+    p.add_argument("--descriptor", default=DEFAULT_DESCRIPTOR, help="the backbone the curation compares images by")
+    p.set_defaults(func=cmd_curation_study)
     p = sub.add_parser("bench", help="training and augmentation images/s for a preset (a benchmark, not a test)")
     common(p)
     p.add_argument("--method", help=METHOD_HELP)

@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save
 from .errors import DataError, first_line
 from .evaluation import extract_features
-from .images import IMAGE_EXTENSIONS, decode_bytes, held_out_split
+from .images import IMAGE_EXTENSIONS, decode_at_size, held_out_split
 from . import streaming
 from .streaming import StreamingImages, cache_bytes
 
@@ -302,17 +301,10 @@ def _decode_splits(blobs: dict, image_size: int, origin: str) -> ImageData:
                           "test accuracy covers the other classes only", stacklevel=2)
         images = torch.empty(len(entries), 3, image_size, image_size, dtype=torch.uint8)
         for i, (name, _, read) in enumerate(tqdm(entries, desc=f"decoding {split}", unit=" img", mininterval=1.0)):
-            images[i] = _decode(read(), name, image_size)
+            images[i] = decode_at_size(read(), name, image_size)
         labels = torch.tensor([index[cls] for _, cls, _ in entries], dtype=torch.int64)
         out += [images, labels]
     return ImageData(*out, classes)
-
-
-def _decode(data: bytes, name: str, image_size: int) -> torch.Tensor:
-    image = decode_bytes(data, name)
-    if image.shape[-2:] != (image_size, image_size):
-        image = TF.center_crop(TF.resize(image, image_size, antialias=True), [image_size, image_size])
-    return image
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):

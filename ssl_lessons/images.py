@@ -1,5 +1,5 @@
-"""Images as files and as tensors: the extensions read, where a tree keeps its held-out split, the one decoder (bytes
--> uint8 RGB), and the per-channel normalisation of CIFAR-10 and of full-resolution (ImageNet-style) images."""
+"""Images as files and as tensors: the extensions read, where a tree keeps its held-out split, the files of a folder,
+the one decoder (bytes -> uint8 RGB, and at a square size), and the per-channel normalisation of CIFAR-10 and of full-resolution (ImageNet-style) images."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,6 +36,27 @@ def decode_bytes(data: bytes | torch.Tensor, name: str) -> torch.Tensor:
     except (RuntimeError, ValueError) as e:
         raise DataError(f"could not decode image {name} ({first_line(e)}). The file is corrupt or not an image: "
                         "replace or delete it, then run again.") from None
+
+
+def decode_at_size(data: bytes | torch.Tensor, name: str, size: int) -> torch.Tensor:
+    """An image file's bytes -> (3, size, size) uint8 RGB: the short side resized to `size` (antialiased), then the
+    centre square (what the uint8 caches and the curation of a folder read)."""
+    image = decode_bytes(data, name)
+    if image.shape[-2:] != (size, size):
+        image = TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+    return image
+
+
+def image_files(root: str | Path) -> list[Path]:
+    """Every image file under `root`, at any depth, sorted (an ImageFolder tree or a plain folder of images)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder of images; give the folder that holds them (sub-folders are read too)")
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+    if not files:
+        raise DataError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)}) at any depth; put the images "
+                        f"there, e.g. {root}/<any folder>/<image>.jpg")
+    return files
 
 
 def normalize(images_uint8: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:

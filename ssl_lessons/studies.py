@@ -5,16 +5,26 @@ configs, each with its own run folder runs/<method>-<preset>-<variant slug>.
 - lesson 2, `collapse-study --method byol`: BYOL without its predictor, or with the target = the online network;
 - lesson 4, `collapse-study --method dino`: DINO without centering, without sharpening, without either (Fig. 7);
 - lesson 6, `ablation`: DINOv2's recipe against itself without KoLeo, with EMA centering, with a shared head, and
-  with 4 registers.
+  with 4 registers;
+- lesson 8, `curation-study`: SimCLR pretrained for equal steps on equal-sized pools drawn from each stage of the
+  curation of an uncurated pool (uncurated, deduplicated, retrieved around curated seeds, balanced sampling).
 """
 from __future__ import annotations
 
-from .config import Config, variant_configs
-from .data import load_dataset
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import Config, make_config, variant_configs
+from .curation import curate, near_copy_threshold
+from .data import ImageData, load_dataset
+from .descriptors import Descriptor, load_descriptor
 from .evaluation import extract_features
 from .methods import byol, dino, dinov2
-from .runtime import pick_device
+from .runtime import RUNS_DIR, pick_device
 from .train import train
+from .uncurated import Pool, make_pool, split_seed_set
 
 # method -> (its variants, {preset: epochs of each run}; other presets keep their own short budget, extra overrides)
 COLLAPSE_STUDIES = {
@@ -55,3 +65,70 @@ def ablation_study(preset: str = "cifar10-laptop", show_progress: bool = True) -
                       "uniformity": dinov2.feature_uniformity(features), "train_minutes": result["train_minutes"],
                       "out_dir": str(run["out_dir"])}
     return rows
+
+
+# --- lesson 8: does curation pay? -------------------------------------------------------------------------------------
+
+@dataclass
+class CurationArms:
+    """The uncurated pool, the curated seed images, the thresholds set from the test images, and {arm: pool indices}:
+    "uncurated", "deduplicated" (random draws of `size` from those sets), "retrieved" (n_per_seed nearest images of
+    each seed, after deduplication) and "balanced" (a balanced sample of the same size from the deduplicated pool)."""
+    pool: Pool
+    seed_images: torch.Tensor
+    thresholds: tuple[float, float]
+    arms: dict[str, np.ndarray]
+    stages: dict[str, list]
+
+
+def curation_arms(data: ImageData, descriptor: Descriptor, n_per_seed: int = 4, seed: int = 0) -> CurationArms:
+    """Lesson 8's pool made from `data` (uncurated.make_pool, 100 seed images per class held out first; a tenth of
+    everything on a subset as small as the smoke preset's), its thresholds (near_copy_threshold on the test images at
+    1 % and 5 %), and the four equal-sized arms, each stage computed by curation.curate."""
+    small = len(data.train_labels) < 20_000
+    seed_idx, rest = split_seed_set(data.train_labels.numpy(), 10 if small else 100, seed)
+    scale = dict(largest=80, smallest=8, n_duplicated=60, n_off_domain=40) if small else {}
+    pool = make_pool(data.train_images[rest], data.train_labels.numpy()[rest], **scale, seed=seed)
+    test_f, pool_f = descriptor(data.test_images), descriptor(pool.images, progress=True)
+    seed_f = descriptor(data.train_images[seed_idx])
+    tau_self, tau_relative = near_copy_threshold(test_f, 0.01), near_copy_threshold(test_f, 0.05)
+    retrieval = curate(pool_f, tau_self, test_f, tau_relative, seed_features=seed_f, n_per_seed=n_per_seed, seed=seed)
+    size = len(retrieval[-1].kept)
+    balanced = curate(pool_f, tau_self, test_f, tau_relative, size=size, seed=seed)
+    rng = np.random.default_rng(seed)
+    clean = retrieval[2].kept
+    arms = {"uncurated": np.sort(rng.choice(len(pool), size, replace=False)),
+            "deduplicated": np.sort(rng.choice(clean, size, replace=False)),
+            "retrieved": retrieval[-1].kept, "balanced": balanced[-1].kept}
+    return CurationArms(pool, data.train_images[seed_idx], (tau_self, tau_relative), arms,
+                        {"retrieval": retrieval, "balanced": balanced})
+
+
+def pretrain_on_arms(preset: str, images: torch.Tensor, arms: dict[str, np.ndarray], steps: int, measure: ImageData,
+                     method: str = "simclr", show_progress: bool = True) -> dict[str, dict]:
+    """{arm: result} of `method` at `preset` trained for `steps` steps on each arm's images (equal sizes), measured
+    on `measure` (train.train's eval_data); run folders runs/lesson8-<arm>-<preset>[-<steps>]."""
+    sizes = {len(idx) for idx in arms.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"the arms must be of equal size for an equal budget, got {sizes}")
+    results = {}
+    for arm, idx in arms.items():
+        cfg = make_config(preset, {"method": method, "knn_every": 0, "linear_probe": True,
+                                   "out_dir": str(RUNS_DIR / f"lesson8-{arm}-{preset}-{steps}steps")})
+        cfg.epochs = steps / (len(idx) // cfg.batch_size)
+        arm_images = images[torch.as_tensor(idx)]
+        empty = torch.zeros(0, dtype=torch.int64)
+        arm_data = ImageData(arm_images, torch.zeros(len(idx), dtype=torch.int64), arm_images[:0], empty,
+                             measure.classes)
+        results[arm] = train(cfg, data=arm_data, eval_data=measure, show_progress=show_progress)["result"]
+    return results
+
+
+def curation_study(preset: str = "cifar10-laptop", steps: int = 100, descriptor: str = "simclr-vit-cifar10-laptop",
+                   measure_size: int = 5000) -> tuple[CurationArms, dict[str, dict]]:
+    """Lesson 8's comparison end to end: CIFAR-10 at `preset`, the arms (curation_arms), SimCLR on each for `steps`
+    steps, measured by k-NN and a linear probe on `measure_size` training and test images."""
+    data = load_dataset(make_config(preset, {"method": "simclr"}))
+    arms = curation_arms(data, load_descriptor(descriptor))
+    measure = data.subset(n_train=measure_size, n_test=measure_size, seed=0)
+    return arms, pretrain_on_arms(preset, arms.pool.images, arms.arms, steps, measure)

@@ -52,7 +52,7 @@ ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_
 
 
 def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: bool = True,
-          allow_changes: tuple[str, ...] = ()) -> dict:
+          allow_changes: tuple[str, ...] = (), eval_data=None) -> dict:
     """Train cfg.method on cfg.dataset; resume from run_dir(cfg)'s checkpoint if it exists (checkpoint.pt, or the
     sharded folder checkpoint/ with parallel=fsdp, which may be resumed at another number of processes).
 
@@ -61,13 +61,16 @@ def train(cfg: Config, data=None, stop_after: int | None = None, show_progress: 
     see ADJUSTABLE_ON_RESUME); such changes are recorded in the checkpoint and the result.
     `stop_after` ends the call after that many total steps (after writing a checkpoint), as a killed run would.
     Returns {"history", "evals", "result" (None until the run is finished), "out_dir", "method", "optimizer"}.
-    The run holds its folder while it runs (checkpoint.run_lock): a second run into the same out_dir is refused."""
+    The run holds its folder while it runs (checkpoint.run_lock): a second run into the same out_dir is refused.
+    `data` (default: cfg's dataset) is what it trains on; `eval_data` (default: `data`) is what its k-NN, probes and
+    dense yardstick measure it on: a labelled set, where the training images are an unlabelled pool (lesson 8)."""
     rank, _, _ = distributed.setup()
     with run_lock(run_dir(cfg)) if rank == 0 else nullcontext():
-        return _train(cfg, data, stop_after, show_progress, allow_changes)
+        return _train(cfg, data, stop_after, show_progress, allow_changes, eval_data)
 
 
-def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow_changes: tuple[str, ...]) -> dict:
+def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow_changes: tuple[str, ...],
+           eval_data=None) -> dict:
     rank, world, local_rank = distributed.setup()
     device = pick_device(cfg.device, local_rank)
     out_dir = run_dir(cfg)
@@ -83,11 +86,12 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     if data is None:
         data = load_data(cfg, world)
     n_train = len(data.train_labels)
+    measured = data if eval_data is None else eval_data
     steps_per_epoch = n_train // cfg.batch_size
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     method = build_method(cfg).to(device)
-    init_patches = initial_patch_features(method.eval_backbone, data, device)  # for the patch CKA to the start
+    init_patches = initial_patch_features(method.eval_backbone, measured, device)  # for the patch CKA to the start
     model = wrap(method, cfg.parallel, world, device, cfg.amp, cfg.activation_checkpointing)
     method = getattr(model, "module", model)  # DDP may have converted BatchNorm layers: the method it runs
     optimizer = torch.optim.AdamW(method.param_groups(), lr=0.0, weight_decay=cfg.weight_decay)
@@ -141,11 +145,12 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
                disable=not show_progress or rank != 0, mininterval=1.0)
 
     def record_knn():
-        evals.append({"step": step, "epoch": step / steps_per_epoch, "bank": min(cfg.knn_bank, n_train),
-                      "knn_top1": periodic_knn(method.eval_backbone, data, cfg, device)})
+        evals.append({"step": step, "epoch": step / steps_per_epoch,
+                      "bank": min(cfg.knn_bank, len(measured.train_labels)),
+                      "knn_top1": periodic_knn(method.eval_backbone, measured, cfg, device)})
         cka = ""
         if init_patches is not None:
-            evals[-1]["patch_cka_to_init"] = patch_cka(method.eval_backbone, data, init_patches, device)
+            evals[-1]["patch_cka_to_init"] = patch_cka(method.eval_backbone, measured, init_patches, device)
             cka = f", patch CKA to the start {evals[-1]['patch_cka_to_init']:.2f}"
         bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']}){cka}")
 
@@ -199,7 +204,7 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
 
     result = None
     if step >= total_steps:
-        result = _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
+        result = _finish(cfg, method, measured, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,
                          changes, memory_per_rank(method, optimizer), init_patches)
     distributed.barrier()
     return {"history": history, "evals": evals, "result": result, "out_dir": out_dir, "method": method,

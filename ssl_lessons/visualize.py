@@ -1,4 +1,5 @@
-"""Pictures: training curves, augmentation grids, t-SNE of embeddings, attention maps, patch PCA and mosaics."""
+"""Pictures: training curves, augmentation grids, t-SNE of embeddings, attention maps, patch PCA, mosaics, rows of
+images (neighbours, copies, curation examples) and grouped histograms."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -174,3 +175,49 @@ def plot_mosaics(images_u8: torch.Tensor, labels: torch.Tensor, classes: list[st
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
+
+
+def plot_image_rows(rows: dict[str, torch.Tensor], captions: dict[str, list[str]] | None = None,
+                    frames: dict[str, list] | None = None, title: str = "", scale: float = 1.1):
+    """Rows of uint8 images (n, 3, H, W), one row per key, named on the left: e.g. a query and its neighbours per
+    descriptor. captions: a line under each image of a row. frames: per image True (green), False (red) or None
+    (no frame), e.g. whether a neighbour is of the query's class."""
+    width = max(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), width, figsize=(scale * width + 0.8, scale * 1.15 * len(rows) + 0.4),
+                             squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(width):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            ax.imshow(images[c].permute(1, 2, 0).cpu().numpy())
+            frame = (frames or {}).get(name, [None] * len(images))[c]
+            for spine in ax.spines.values():
+                spine.set_visible(frame is not None)
+                if frame is not None:
+                    spine.set_color("tab:green" if frame else "tab:red")
+                    spine.set_linewidth(3)
+            if captions and name in captions:
+                ax.set_xlabel(captions[name][c], fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_histograms(histograms: dict[str, np.ndarray], labels: list[str], title: str = "", ylabel: str = "images",
+                    ax=None):
+    """Grouped bars: one group per label (e.g. a class), one bar per named histogram (e.g. a curation stage)."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(12.0, max(6.0, 0.3 * len(labels) * len(histograms))), 3.4))
+    x = np.arange(len(labels))
+    width = 0.8 / len(histograms)
+    for i, (name, counts) in enumerate(histograms.items()):
+        ax.bar(x + (i - (len(histograms) - 1) / 2) * width, counts, width, label=name, color=f"C{i}")
+    ax.set_xticks(x, labels, fontsize=8, rotation=30, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure

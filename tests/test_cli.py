@@ -1,7 +1,8 @@
 """Every command a user types, run as the user types it: a subprocess on the real CIFAR-10 cache at the smoke preset.
 Training under torchrun with DDP and with FSDP2 for every method, with the periodic k-NN on (an evaluation before the
 first step); export; export-script and the launcher it writes (train --config under torchrun); train --config at one
-process; bench; the collapse studies; the ablation. Each checks what the command made, not only that it exited.
+process; bench; the collapse studies; the ablation; lesson 8's curation study (its `curate` is run in
+test_curation.py). Each checks what the command made, not only that it exited.
 
 A process costs ~6 s of imports on 2 cores, so the suite launches one per path a user takes and no more: a command's
 refusals (exit status 2, one line) are checked in this process through the same `main`, and `export` exports the
@@ -173,3 +174,16 @@ def test_ablation_trains_every_variant_and_tabulates_it(tmp_path):
     table = proc.stdout[proc.stdout.index("DINOv2 ablation"):].splitlines()[2:]
     assert [row.split()[0] for row in table] == ["full", "no", "EMA", "shared", "4"]
     assert all(0 < float(row.split("%")[0].split()[-1]) <= 100 for row in table)
+
+
+def test_curation_study_trains_simclr_on_each_curated_pool(tmp_path):
+    proc = run([*CLI, "curation-study", "--preset", "smoke", "--steps", "3"], tmp_path, timeout=600)
+    out = proc.stdout
+    assert "thresholds (simclr-vit-cifar10-laptop)" in out
+    stages = [line.split()[0] for line in out[out.index("thresholds"):].splitlines()[1:6]]
+    assert stages == ["pool", "self-deduplication", "relative", "retrieval", "balanced"]
+    table = out[out.index("SimCLR (smoke), 3 steps"):].splitlines()[1:]
+    assert [row.split()[0] for row in table] == ["uncurated", "deduplicated", "retrieved", "balanced"]
+    for arm in ("uncurated", "deduplicated", "retrieved", "balanced"):
+        result = json.loads((tmp_path / "runs" / f"lesson8-{arm}-smoke-3steps" / "results.json").read_text())
+        assert result["steps"] == 3 and result["method"] == "simclr" and 10 < result["knn_top1"] <= 100

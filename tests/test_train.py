@@ -3,7 +3,9 @@ import json
 import pytest
 import torch
 
+from conftest import make_tiny_data
 from ssl_lessons.config import make_config
+from ssl_lessons.evaluation import evaluate
 from ssl_lessons.methods import build_method
 from ssl_lessons.optim import clip_gradients, parameter_groups
 from ssl_lessons.train import train
@@ -90,3 +92,16 @@ def test_layer_wise_lr_decay_gives_dinov2s_multipliers_per_block():
     groups = parameter_groups(model.named_parameters(),
                               lr_multiplier=lambda n: vit_layer_decay(n, rate, blocks, patch_embed_multiplier=0.2))
     assert sorted({g["lr_multiplier"] for g in groups}) == sorted({0.2 * 0.5 ** 4, 0.5 ** 4, 0.5 ** 3, 0.5 ** 2, 0.5, 1.0})
+
+
+def test_a_run_trains_on_one_set_of_images_and_is_measured_on_another(tmp_path, tiny_data):
+    # lesson 8: an unlabelled pool to train on, a labelled set to measure the k-NN on
+    pool = make_tiny_data(n_train=128, n_test=0, seed=1)
+    measured = make_tiny_data(n_train=192, n_test=96, seed=2)
+    run = train(smoke(tmp_path, "pool", epochs=1.0, method="simclr"), data=pool, eval_data=measured,
+                show_progress=False)
+    assert len(run["history"]) == 128 // 64                   # steps from the pool's size
+    result = run["result"]
+    assert result["bank"] == 192 and result["queries"] == 96  # measured on the other set
+    again = evaluate(run["method"].eval_backbone, measured, probe=False)
+    assert result["knn_top1"] == again["knn_top1"]
