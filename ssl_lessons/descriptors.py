@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbones import backbone_from_config
 from .errors import ConfigError
-from .evaluation import feature_mode
-from .images import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, decode_at_size, normalize
+from .evaluation import extract_features, pixel_features
+from .images import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, decode_at_size, resize_square
 from .pretrained import PRETRAINED_DIR, load_backbone, official_model, online
 from .retrieval import unit_rows
 from .settings import PRESETS, Config
@@ -43,25 +42,15 @@ class Descriptor:
     mean: tuple[float, float, float] = CIFAR10_MEAN
     std: tuple[float, float, float] = CIFAR10_STD
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 256, device="cpu", progress: bool = False
                  ) -> np.ndarray:
         """uint8 images (n, 3, H, W) -> unit rows (n, d) float32. Images of another size are resized (bicubic)."""
-        out = []
-        batches = range(0, len(images), batch_size)
-        for start in tqdm(batches, desc=f"describing ({self.name})", leave=False, disable=not progress,
-                          mininterval=1.0):
-            x = images[start:start + batch_size].to(device)
-            if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-                x = F.interpolate(x.float(), size=(self.image_size, self.image_size), mode="bicubic",
-                                  align_corners=False).round().clamp(0, 255).to(torch.uint8)
-            x = normalize(x, self.mean, self.std)
-            if self.model is None:
-                out.append(x.flatten(1).cpu())
-            else:
-                with feature_mode(self.model):
-                    out.append(self.model(x).float().cpu())
-        return unit_rows(torch.cat(out)) if out else np.zeros((0, 1), np.float32)
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = resize_square(images, self.image_size)
+        if self.model is None:
+            return unit_rows(pixel_features(images))
+        return unit_rows(extract_features(self.model, images, batch_size, device, f"describing ({self.name})",
+                                          self.mean, self.std, progress))
 
     def describe_files(self, files: Iterable[Path], chunk: int = 1024, device="cpu") -> np.ndarray:
         """Image files -> unit rows (n, d), decoded `chunk` at a time at image_size (short side resized, centre

@@ -19,13 +19,15 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .backbones import backbone_from_config
-from .images import normalize
+from .images import CIFAR10_MEAN, CIFAR10_STD, normalize
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 512, device="cpu",
-                     desc: str = "features") -> torch.Tensor:
-    """uint8 images (N, 3, H, W) -> model features (N, D) float32 on the CPU, in eval mode, with a progress bar.
+                     desc: str = "features", mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                     progress: bool = True) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> model features (N, D) float32 on the CPU, in eval mode, with a progress bar;
+    the images are normalised with (mean, std), CIFAR-10's unless given (a released model takes ImageNet's).
 
     Under torchrun every rank takes part (a collective, as a sharded model needs): each embeds an equal slice of
     the images and the slices are gathered, so every rank returns all N features."""
@@ -33,8 +35,8 @@ def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 5
     out = []
     with feature_mode(model):
         for start in tqdm(range(0, len(own), batch_size), desc=desc, leave=False, mininterval=1.0,
-                          disable=not distributed.is_main()):
-            batch = normalize(own[start:start + batch_size].to(device))
+                          disable=not (progress and distributed.is_main())):
+            batch = normalize(own[start:start + batch_size].to(device), mean, std)
             out.append(model(batch).float())
     return distributed.all_gather_rows(torch.cat(out)).cpu()[:len(images)]
 

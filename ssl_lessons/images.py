@@ -47,6 +47,13 @@ def decode_at_size(data: bytes | torch.Tensor, name: str, size: int) -> torch.Te
     return image
 
 
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images (n, 3, h, w) -> uint8 (n, 3, size, size), bicubic (how the released models are shown CIFAR-10
+    and how a descriptor sees images of another size)."""
+    big = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
+    return big.round().clamp(0, 255).to(torch.uint8)
+
+
 def image_files(root: str | Path) -> list[Path]:
     """Every image file under `root`, at any depth, sorted (an ImageFolder tree or a plain folder of images)."""
     root = Path(root)

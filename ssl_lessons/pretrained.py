@@ -21,13 +21,12 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 
 from .backbones import backbone_from_config
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, ConfigError
 from .heads import DINOHead
-from .images import IMAGENET_MEAN, IMAGENET_STD, normalize
+from .images import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_square
 from .settings import general_from_dict
 
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
@@ -114,6 +113,5 @@ def load_official(name: str) -> tuple[torch.nn.Module | None, str]:
 def official_view(images: torch.Tensor, size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 CIFAR-10 images (n, 3, h, w) as the released models take them: resized to `size` (bicubic) and
     normalised with ImageNet's statistics. (the resized uint8 images to draw, the normalised input)"""
-    big = F.interpolate(images.float(), size=(size, size), mode="bicubic", align_corners=False)
-    big = big.round().clamp(0, 255).to(torch.uint8)
+    big = resize_square(images, size)
     return big, normalize(big, IMAGENET_MEAN, IMAGENET_STD)
