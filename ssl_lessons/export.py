@@ -20,7 +20,7 @@ from .checkpoint import atomic_save, load_checkpoint, run_checkpoint
 from .config import Config, config_from_dict, config_to_dict, flat_config, train_command
 from .errors import CheckpointError, ConfigError
 from .methods import build_method
-from .pretrained import PRETRAINED_DIR, check_export_name
+from .pretrained import PRETRAINED_DIR, check_export_name, exported_record
 from .train import RESUMABLE_CHANGES
 
 
@@ -52,12 +52,10 @@ def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, 
                               "train command's own options")
     method = build_method(cfg)
     method.load_state_dict(ckpt["method"])
-    half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # noqa: E731
-    weights = half(method.eval_backbone.state_dict())
-    heads = half(torch.nn.ModuleDict(method.export_heads()).state_dict())
     history = json.loads((Path(out_dir) / "history.json").read_text())
-    atomic_save({"config": config_to_dict(cfg), "backbone": weights, "heads": heads, "result": result, "evals": history["evals"],
-                 "history": history["history"], "command": train_command(cfg, out_dir=_shown(out_dir))}, path)
+    atomic_save(exported_record(method.eval_backbone, method.export_heads(), config_to_dict(cfg), result=result,
+                                evals=history["evals"], history=history["history"],
+                                command=train_command(cfg, out_dir=_shown(out_dir))), path)
     return path
 
 

@@ -46,6 +46,17 @@ def pretrained_path(name: str, directory: Path = PRETRAINED_DIR) -> Path:
     return Path(name) if str(name).endswith(".pt") else Path(directory) / f"{name}.pt"
 
 
+def exported_record(backbone: torch.nn.Module, heads: dict[str, torch.nn.Module], config: dict, **extra) -> dict:
+    """What data/pretrained/<name>.pt holds, for `backbone` and the `heads` that go with it (Method.export_heads):
+    {"config", "backbone", "heads", **extra}, the weights in fp16 (export.py adds the run's result, history and
+    command; a run's snapshots their step and evaluations). Sharded (FSDP2) weights are gathered whole: a
+    collective under torchrun."""
+    def half(module: torch.nn.Module) -> dict:
+        state = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in module.state_dict().items()}
+        return {k: v.detach().half().cpu() if v.is_floating_point() else v.cpu() for k, v in state.items()}
+    return {"config": config, "backbone": half(backbone), "heads": half(torch.nn.ModuleDict(heads)), **extra}
+
+
 def load_backbone(name: str, directory: Path = PRETRAINED_DIR) -> tuple[torch.nn.Module, dict]:
     """(backbone in float32 and eval mode, the saved record without the weights) for data/pretrained/<name>.pt
     (or a .pt path)."""

@@ -64,6 +64,9 @@ class Config:
     log_every: int = 10             # steps between history records (and the only steps that compute diagnostics)
     knn_every: float = 0.0          # epochs between k-NN evaluations during training (0 = only at the end)
     knn_bank: int = 10000           # training images in the bank of the periodic k-NN (the final one uses all)
+    periodic_dense: bool = False    # ViTs on images in memory: the dense probe (below) also at each periodic k-NN
+    keep_snapshots: bool = False    # at each periodic k-NN also keep the evaluated backbone and its heads small, as
+                                    # `export` writes them: out_dir/snapshots/step-NNNNNN.pt (lesson 9's long run)
     knn_k: int = 20
     knn_temperature: float = 0.07
     linear_probe: bool = True       # also fit a logistic-regression probe at the end

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import Checkpointer, atomic_write_text, run_lock
+from .checkpoint import Checkpointer, atomic_save, atomic_write_text, run_lock
 from .config import Config, config_from_dict, config_to_dict, flat_config
 from .data import CIFAR10_TRAIN_IMAGES, load_dataset
 from .dense import DenseBenchmark, dense_probe
@@ -40,13 +40,15 @@ from .errors import CheckpointError, ConfigError, TrainingDiverged, first_line
 from .evaluation import evaluate, extract_patch_tokens, knn_top1
 from .methods import build_method
 from .parallel import local, memory_per_rank, wrap
+from .pretrained import exported_record
 from .runtime import pick_device, run_dir
 from .step import NonFiniteLoss, set_schedules, training_step
 from .visualize import plot_training
 
 # Fields that may change between a run and its resumption without changing what is computed.
 RESUMABLE_CHANGES = {"out_dir", "ckpt_every", "device", "eval_batch_size", "linear_probe", "probe_max_iter",
-                     "knn_every", "knn_bank", "activation_checkpointing", "sequence_packing", "workers"}
+                     "knn_every", "knn_bank", "periodic_dense", "keep_snapshots", "activation_checkpointing",
+                     "sequence_packing", "workers"}
 # Fields that may change on resume when the user says so (--allow-change), besides the recipe's float fields.
 ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_end", "clip_grad", "accum_steps")
 
@@ -144,15 +146,25 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.method} {cfg.preset}", unit="step",
                disable=not show_progress or rank != 0, mininterval=1.0)
 
+    dense_bench = None  # the periodic dense probe's mosaics, made at its first use
+
     def record_knn():
+        nonlocal dense_bench
         evals.append({"step": step, "epoch": step / steps_per_epoch,
                       "bank": min(cfg.knn_bank, len(measured.train_labels)),
                       "knn_top1": periodic_knn(method.eval_backbone, measured, cfg, device)})
-        cka = ""
+        shown = ""
         if init_patches is not None:
             evals[-1]["patch_cka_to_init"] = patch_cka(method.eval_backbone, measured, init_patches, device)
-            cka = f", patch CKA to the start {evals[-1]['patch_cka_to_init']:.2f}"
-        bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']}){cka}")
+            shown = f", patch CKA to the start {evals[-1]['patch_cka_to_init']:.2f}"
+            if cfg.periodic_dense:
+                dense_bench = dense_bench or DenseBenchmark.from_data(measured, cfg.patch_size, cfg.dense_mosaics)
+                dense = dense_probe(method.eval_backbone, dense_bench, device, cfg.eval_batch_size)
+                evals[-1].update({f"dense_{k}": v for k, v in dense.items()})
+                shown += f", dense mIoU {dense['miou']:.1f}%"
+        if cfg.keep_snapshots:
+            keep_snapshot(method, cfg, out_dir, step, evals)
+        bar.write(f"step {step}: k-NN top-1 {evals[-1]['knn_top1']:.1f}% (bank {evals[-1]['bank']}){shown}")
 
     def start_highres_phase():
         method.set_global_size(cfg.highres_size)
@@ -273,6 +285,19 @@ def patch_cka(backbone: nn.Module, data, initial: torch.Tensor, device) -> float
     """Linear CKA between the backbone's patch tokens now and `initial` (diagnostics.py): 1 = not moved."""
     now = extract_patch_tokens(backbone, data.test_images[:CKA_IMAGES], device=device)
     return linear_cka(now.flatten(0, 1), initial.flatten(0, 1))
+
+
+def keep_snapshot(method: nn.Module, cfg: Config, out_dir: Path, step: int, evals: list[dict]) -> Path:
+    """out_dir/snapshots/step-NNNNNN.pt: the evaluated backbone and its heads now, as `export` writes a finished run
+    (pretrained.exported_record; pretrained.load_backbone_and_heads reads it), with the evaluations so far.
+    A collective under torchrun (FSDP2's shards are gathered); rank 0 writes."""
+    record = exported_record(method.eval_backbone, method.export_heads(), config_to_dict(cfg), step=step,
+                             evals=list(evals))
+    path = out_dir / "snapshots" / f"step-{step:06d}.pt"
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(record, path)
+    return path
 
 
 def _finish(cfg, method, data, device, out_dir, history, evals, train_seconds, step, steps_per_epoch,

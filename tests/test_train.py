@@ -105,3 +105,25 @@ def test_a_run_trains_on_one_set_of_images_and_is_measured_on_another(tmp_path, 
     assert result["bank"] == 192 and result["queries"] == 96  # measured on the other set
     again = evaluate(run["method"].eval_backbone, measured, probe=False)
     assert result["knn_top1"] == again["knn_top1"]
+
+
+def test_periodic_evaluations_measure_the_dense_probe_and_keep_loadable_snapshots(tmp_path, tiny_data):
+    # 256 images / batch 64 = 4 steps an epoch; knn_every 0.5 epoch: evaluations at steps 0, 2 and 4.
+    from ssl_lessons.dense import DenseBenchmark, dense_probe
+    from ssl_lessons.pretrained import load_backbone_and_heads
+    cfg = smoke(tmp_path, "run", method="ibot", epochs=1.0, knn_every=0.5, periodic_dense=True, keep_snapshots=True)
+    run = train(cfg, data=tiny_data, show_progress=False)
+    assert [e["step"] for e in run["evals"]] == [0, 2, 4]
+    assert all(0 <= e["dense_miou"] <= 100 and 0 <= e["dense_patch_accuracy"] <= 100 for e in run["evals"])
+    snapshots = sorted((tmp_path / "run" / "snapshots").glob("*.pt"))
+    assert [p.name for p in snapshots] == ["step-000000.pt", "step-000002.pt", "step-000004.pt"]
+    backbone, heads, record = load_backbone_and_heads(snapshots[-1])
+    assert record["step"] == 4 and [e["step"] for e in record["evals"]] == [0, 2, 4] and set(heads) == {"head"}
+    trained = run["method"].eval_backbone.state_dict()
+    for name, value in backbone.state_dict().items():  # the evaluated backbone at the end, to fp16's precision
+        torch.testing.assert_close(value, trained[name].half().float(), rtol=0, atol=0)
+    # the dense probe of the last evaluation is the one of the backbone as it was then (the end of training)
+    bench = DenseBenchmark.from_data(tiny_data, cfg.patch_size, cfg.dense_mosaics)
+    assert dense_probe(run["method"].eval_backbone, bench)["miou"] == run["evals"][-1]["dense_miou"]
+    first, _, _ = load_backbone_and_heads(snapshots[0])  # the start: a different backbone
+    assert not torch.equal(first.state_dict()["vit.pos_embed"], backbone.state_dict()["vit.pos_embed"])
