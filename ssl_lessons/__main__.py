@@ -18,7 +18,7 @@ from .distributed import is_main
 from .errors import ConfigError, UserError, user_message
 from .estimates import summary
 from .images import image_files
-from .export import export_backbone
+from .export import export_backbone, export_snapshot, export_trajectory
 from .launch import export_script, load_config_file
 from .methods import METHODS
 from .pretrained import PRETRAINED_DIR
@@ -135,8 +135,17 @@ def cmd_ablation(args):
 
 def cmd_export(args):
     cfg = _config(args)
-    path = export_backbone(run_dir(cfg), args.name, directory=args.out or PRETRAINED_DIR, expected=cfg,
-                           overwrite=args.overwrite)
+    where = dict(directory=args.out or PRETRAINED_DIR, expected=cfg, overwrite=args.overwrite)
+    if args.snapshot and args.trajectory:
+        raise ConfigError("--snapshot exports one kept snapshot, --trajectory all of them: give one of the two")
+    if args.every != 1 and not args.trajectory:
+        raise ConfigError("--every N picks every N-th snapshot of --trajectory: add --trajectory")
+    if args.snapshot:
+        path = export_snapshot(run_dir(cfg), args.name, args.snapshot, **where)
+    elif args.trajectory:
+        path = export_trajectory(run_dir(cfg), args.name, every=args.every, **where)
+    else:
+        path = export_backbone(run_dir(cfg), args.name, **where)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -241,6 +250,12 @@ def main(argv=None):
     p.add_argument("--name", required=True, help="the backbone's name: data/pretrained/NAME.pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing backbone of that name")
     p.add_argument("--out", help="the folder to write NAME.pt into (default data/pretrained)")
+    p.add_argument("--snapshot", help="export the snapshot the run kept at this step (keep_snapshots=true), with its "
+                                      "heads, instead of the final backbone; 'best-dense': the step of the highest "
+                                      "dense mIoU (periodic_dense=true)")
+    p.add_argument("--trajectory", action="store_true", help="export the backbones of the run's kept snapshots (no "
+                                                             "heads) into one file")
+    p.add_argument("--every", type=count(1), default=1, help="with --trajectory: every N-th snapshot (default 1: all)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("export-script", help="write a run's config, a torchrun launcher and a SLURM script for "
                                               "many GPUs (lesson 7)")

@@ -30,9 +30,26 @@ def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, 
     config the run saved and the train command that rebuilds exactly that config. `expected`: the config the caller
     thinks the run has (the export command's options); a run trained with another one is refused. `name` is a plain
     file name (no folders); an existing backbone of that name is replaced only with overwrite=True."""
+    path = _target(directory, name, overwrite)
+    ckpt, cfg, result, history = _finished_run(out_dir, expected)
+    method = build_method(cfg)
+    method.load_state_dict(ckpt["method"])
+    atomic_save(exported_record(method.eval_backbone, method.export_heads(), config_to_dict(cfg), result=result,
+                                evals=history["evals"], history=history["history"],
+                                command=train_command(cfg, out_dir=_shown(out_dir))), path)
+    return path
+
+
+def _target(directory: Path, name: str, overwrite: bool) -> Path:
     path = Path(directory) / f"{check_export_name(name)}.pt"
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists already; choose another --name, or add --overwrite to replace it")
+    return path
+
+
+def _finished_run(out_dir: Path, expected: Config | None) -> tuple[dict, Config, dict, dict]:
+    """(the last checkpoint, its Config, results.json, history.json) of the finished run in out_dir; a run trained
+    with another config than `expected` (the export command's options) is refused."""
     result_path = Path(out_dir) / "results.json"
     if not result_path.exists():
         raise FileNotFoundError(f"{result_path} does not exist: finish the run first (the same train command "
@@ -50,12 +67,58 @@ def export_backbone(out_dir: Path, name: str, directory: Path = PRETRAINED_DIR, 
         if diff:
             raise ConfigError(f"{out_dir} was trained with another config ({'; '.join(diff)}); give export the "
                               "train command's own options")
-    method = build_method(cfg)
-    method.load_state_dict(ckpt["method"])
-    history = json.loads((Path(out_dir) / "history.json").read_text())
-    atomic_save(exported_record(method.eval_backbone, method.export_heads(), config_to_dict(cfg), result=result,
-                                evals=history["evals"], history=history["history"],
-                                command=train_command(cfg, out_dir=_shown(out_dir))), path)
+    return ckpt, cfg, result, json.loads((Path(out_dir) / "history.json").read_text())
+
+
+def run_snapshots(out_dir: Path) -> dict[int, Path]:
+    """{step: path} of the snapshots a run kept (Config.keep_snapshots: out_dir/snapshots/step-NNNNNN.pt)."""
+    found = {int(p.stem.split("-")[1]): p for p in sorted((Path(out_dir) / "snapshots").glob("step-*.pt"))}
+    if not found:
+        raise FileNotFoundError(f"{out_dir} kept no snapshots: train it with --set keep_snapshots=true knn_every=0.5 "
+                                "(each periodic evaluation then keeps one)")
+    return found
+
+
+def best_dense_step(evals: list[dict]) -> int:
+    """The step of the periodic evaluation with the highest dense mIoU (Config.periodic_dense)."""
+    scored = [e for e in evals if "dense_miou" in e]
+    if not scored:
+        raise ConfigError("no periodic evaluation measured the dense probe: train with --set periodic_dense=true")
+    return max(scored, key=lambda e: e["dense_miou"])["step"]
+
+
+def export_snapshot(out_dir: Path, name: str, step: int | str, directory: Path = PRETRAINED_DIR,
+                    expected: Config | None = None, overwrite: bool = False) -> Path:
+    """A kept snapshot of a finished run, as an exported backbone (with its heads; pretrained.load_backbone_and_heads,
+    Config.init_from): the one of `step`, or with step="best-dense" the one whose dense mIoU was highest. It also
+    holds the run's whole history of evaluations and the train command (as `export_backbone`)."""
+    path = _target(directory, name, overwrite)
+    ckpt, cfg, result, history = _finished_run(out_dir, expected)
+    snapshots = run_snapshots(out_dir)
+    if step == "best-dense":
+        step = best_dense_step(history["evals"])
+    elif not str(step).isdigit():
+        raise ConfigError(f"--snapshot takes a step number or best-dense, not {step!r}")
+    step = int(step)
+    if step not in snapshots:
+        raise ConfigError(f"{out_dir} kept no snapshot of step {step}; it has steps {sorted(snapshots)}")
+    record = load_checkpoint(snapshots[step])
+    atomic_save({**record, "step": step, "run_result": result, "evals": history["evals"],
+                 "command": train_command(cfg, out_dir=_shown(out_dir))}, path)
+    return path
+
+
+def export_trajectory(out_dir: Path, name: str, every: int = 1, directory: Path = PRETRAINED_DIR,
+                      expected: Config | None = None, overwrite: bool = False) -> Path:
+    """Every `every`-th kept snapshot's backbone (fp16, no heads) of a finished run in one file, with the run's
+    evaluations and command: how its features changed (lesson 9). pretrained.load_trajectory reads it."""
+    path = _target(directory, name, overwrite)
+    ckpt, cfg, result, history = _finished_run(out_dir, expected)
+    snapshots = run_snapshots(out_dir)
+    steps = sorted(snapshots)[::every]
+    atomic_save({"config": config_to_dict(cfg), "backbones": {s: load_checkpoint(snapshots[s])["backbone"] for s in steps},
+                 "result": result, "evals": history["evals"], "history": history["history"],
+                 "command": train_command(cfg, out_dir=_shown(out_dir))}, path)
     return path
 
 

@@ -88,6 +88,26 @@ def load_backbone_and_heads(name: str, directory: Path = PRETRAINED_DIR) -> tupl
     return backbone.eval(), heads, {k: v for k, v in record.items() if k not in ("backbone", "heads")}
 
 
+def load_trajectory(name: str, directory: Path = PRETRAINED_DIR) -> tuple[dict[int, torch.nn.Module], dict]:
+    """({step: backbone in float32 and eval mode}, the record without the weights) of a run's kept snapshots,
+    exported together (export.export_trajectory: `export --trajectory`)."""
+    path = pretrained_path(name, directory)
+    if not path.exists():
+        raise FileNotFoundError(f"no exported trajectory {path}; make it from a finished run that kept snapshots with "
+                                "`python -m ssl_lessons export ... --trajectory --name NAME` (data/pretrained/README.md)")
+    record = load_checkpoint(path, advice="export the trajectory again (data/pretrained/README.md has the commands)")
+    if "backbones" not in record:
+        raise CheckpointError(f"{path} is not an exported trajectory; name one written by `export --trajectory`")
+    cfg = general_from_dict(record["config"])
+    nets = {}
+    with torch.random.fork_rng(devices=[]):
+        for step, state in record["backbones"].items():
+            net = backbone_from_config(cfg, mask_token="mask_token" in state)
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            nets[int(step)] = net.eval()
+    return nets, {k: v for k, v in record.items() if k != "backbones"}
+
+
 # the released ViT-S of each paper, by timm's name (the DINOv2 ones at 518 px, the size of their final phase)
 OFFICIAL_MODELS = {"DINO ViT-S/16": "vit_small_patch16_224.dino",
                    "DINOv2 ViT-S/14": "vit_small_patch14_dinov2.lvd142m",

@@ -46,6 +46,9 @@ class Config:
     lr: float = 1e-3                # AdamW peak learning rate at the reference batch of lr_scaling
     lr_scaling: str = "linear"      # "linear": lr * batch/256 (SimCLR ... DINO); "sqrt": lr * sqrt(batch/1024) (DINOv2)
     min_lr: float = 1e-6            # cosine end value
+    schedules: str = "cosine"       # "cosine": lr, weight decay and teacher momentum follow their cosines to their end
+                                    # values; "constant": after the warm-up each stays at its start value (DINOv3,
+                                    # which trains without a fixed end: a run can go on, or stop, at any step)
     warmup: float = 0.1             # fraction of training spent warming lr up linearly from 0
     weight_decay: float = 0.05      # cosine schedule from weight_decay to weight_decay_end
     weight_decay_end: float = 0.05
@@ -54,6 +57,8 @@ class Config:
     highres_fraction: float = 0.0   # (DINOv2's short high-resolution phase, sec. 4; 0 = none), which runs every
     highres_lr_scale: float = 0.5   # schedule again, compressed, at this fraction of the peak lr (App. B.2)
     # --- bookkeeping ------------------------------------------------------------------------------
+    init_from: str = ""             # start from an exported backbone (a data/pretrained name or a .pt path) instead of
+                                    # random weights: the student and teacher, and the heads when the file has them
     seed: int = 0
     device: str = "auto"            # auto = cuda, then mps, then cpu
     amp: bool = True                # bf16 autocast where the device supports it well (cuda)
@@ -88,7 +93,8 @@ PRESETS: dict[str, dict] = {
     # --set dataset=/path/to/imagenet (train/<class>/*.JPEG, val/<class>/*); it is streamed from disk.
     **{name: dict(data_loading="stream", workers=10, knn_every=0.0, linear_probe=False, log_every=50,
                   ckpt_every=1000, eval_batch_size=256)
-       for name in ("imagenet-vits16-dino", "imagenet-vitl14-dinov2", "imagenet-vits14-distill")},
+       for name in ("imagenet-vits16-dino", "imagenet-vitl14-dinov2", "imagenet-vits14-distill",
+                    "imagenet-vitl16-dinov3")},
     # A tiny budget for tests: seconds, not minutes. Its numbers mean nothing.
     "smoke": dict(train_subset=1024, test_subset=512, patch_size=8, embed_dim=64, depth=2, num_heads=2,
                   epochs=0.25, batch_size=64, ckpt_every=2, log_every=1,
@@ -149,6 +155,7 @@ def validate(cfg: Config) -> Config:
             f"data_loading is 'auto', 'memory' or 'stream', got {cfg.data_loading!r}")
     require(cfg.parallel in ("ddp", "fsdp"), f"parallel is 'ddp' or 'fsdp', got {cfg.parallel!r}")
     require(cfg.lr_scaling in ("linear", "sqrt"), f"lr_scaling is 'linear' or 'sqrt', got {cfg.lr_scaling!r}")
+    require(cfg.schedules in ("cosine", "constant"), f"schedules is 'cosine' or 'constant', got {cfg.schedules!r}")
     require(0 < cfg.highres_lr_scale <= 1, f"highres_lr_scale is in (0, 1], got {cfg.highres_lr_scale}")
     require(0 <= cfg.highres_fraction < 1, f"highres_fraction is a fraction of training in [0, 1), got "
                                            f"{cfg.highres_fraction}")

@@ -33,9 +33,12 @@ def set_schedules(optimizer: torch.optim.Optimizer, method: nn.Module, cfg, prog
                   lr_scale: float = 1.0) -> tuple[float, float]:
     """Set this step's lr (cosine from peak_lr(cfg) x lr_scale to min_lr, after a linear warm-up over cfg.warmup) and
     weight decay (cosine from weight_decay to weight_decay_end) in every parameter group (optim.apply_schedules:
-    each group's multiplier, 0 while frozen), and the method's own schedules (Method.before_step). Returns (lr, wd)."""
-    lr = cosine_schedule(progress, peak_lr(cfg) * lr_scale, cfg.min_lr, warmup=cfg.warmup)
-    wd = cosine_schedule(progress, cfg.weight_decay, cfg.weight_decay_end)
+    each group's multiplier, 0 while frozen), and the method's own schedules (Method.before_step). With
+    cfg.schedules == "constant" both stay at their start values after the warm-up (dinov3's `linear_warmup_cosine_
+    decay` with peak == end). Returns (lr, wd)."""
+    decay = progress if cfg.schedules == "cosine" else min(progress, cfg.warmup)  # constant: the cosines never start
+    lr = cosine_schedule(decay, peak_lr(cfg) * lr_scale, cfg.min_lr, warmup=cfg.warmup)
+    wd = cosine_schedule(0.0 if cfg.schedules == "constant" else progress, cfg.weight_decay, cfg.weight_decay_end)
     apply_schedules(optimizer, lr, wd, progress)
     method.before_step(progress)
     return lr, wd

@@ -40,7 +40,7 @@ from .errors import CheckpointError, ConfigError, TrainingDiverged, first_line
 from .evaluation import evaluate, extract_patch_tokens, knn_top1
 from .methods import build_method
 from .parallel import local, memory_per_rank, wrap
-from .pretrained import exported_record
+from .pretrained import exported_record, load_backbone_and_heads, pretrained_path
 from .runtime import pick_device, run_dir
 from .step import NonFiniteLoss, set_schedules, training_step
 from .visualize import plot_training
@@ -49,6 +49,9 @@ from .visualize import plot_training
 RESUMABLE_CHANGES = {"out_dir", "ckpt_every", "device", "eval_batch_size", "linear_probe", "probe_max_iter",
                      "knn_every", "knn_bank", "periodic_dense", "keep_snapshots", "activation_checkpointing",
                      "sequence_packing", "workers"}
+# What decides the shapes of a backbone's weights (the architecture an init_from file must share).
+ARCHITECTURE = ("backbone", "image_size", "patch_size", "embed_dim", "depth", "num_heads", "register_tokens",
+                "layerscale_init")
 # Fields that may change on resume when the user says so (--allow-change), besides the recipe's float fields.
 ADJUSTABLE_ON_RESUME = ("lr", "min_lr", "warmup", "weight_decay", "weight_decay_end", "clip_grad", "accum_steps")
 
@@ -92,7 +95,10 @@ def _train(cfg: Config, data, stop_after: int | None, show_progress: bool, allow
     steps_per_epoch = n_train // cfg.batch_size
     total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
-    method = build_method(cfg).to(device)
+    method = build_method(cfg)
+    if cfg.init_from:  # also when resuming: the patch CKA is measured to these weights (the checkpoint then loads)
+        start_from_exported(method, cfg.init_from)
+    method = method.to(device)
     init_patches = initial_patch_features(method.eval_backbone, measured, device)  # for the patch CKA to the start
     model = wrap(method, cfg.parallel, world, device, cfg.amp, cfg.activation_checkpointing)
     method = getattr(model, "module", model)  # DDP may have converted BatchNorm layers: the method it runs
@@ -287,6 +293,19 @@ def patch_cka(backbone: nn.Module, data, initial: torch.Tensor, device) -> float
     return linear_cka(now.flatten(0, 1), initial.flatten(0, 1))
 
 
+def start_from_exported(method: nn.Module, name: str) -> None:
+    """Config.init_from: the method's networks from the exported backbone `name` and its heads (Method.start_from)."""
+    backbone, heads, record = load_backbone_and_heads(name)
+    try:
+        method.start_from(backbone.state_dict(), {k: h.state_dict() for k, h in heads.items()})
+    except (RuntimeError, ValueError) as e:
+        saved = record["config"]
+        raise ConfigError(f"init_from={name}: its weights do not fit this run's networks ({first_line(e)}); it was "
+                          f"trained as --method {saved.get('method')} with "
+                          + " ".join(f"{k}={saved.get(k)}" for k in ARCHITECTURE if k in saved)
+                          + " (and its heads' sizes): give this run the same ones") from None
+
+
 def keep_snapshot(method: nn.Module, cfg: Config, out_dir: Path, step: int, evals: list[dict]) -> Path:
     """out_dir/snapshots/step-NNNNNN.pt: the evaluated backbone and its heads now, as `export` writes a finished run
     (pretrained.exported_record; pretrained.load_backbone_and_heads reads it), with the evaluations so far.
@@ -346,6 +365,9 @@ def check_run(cfg: Config, world: int, n_train: int | None = None) -> int:
         raise ConfigError("data_loading=stream reads full-resolution images of an ImageFolder tree from disk; "
                           "CIFAR-10 is decoded once into memory: use data_loading=auto (or memory), or --set "
                           "dataset=/path/to/tree")
+    if cfg.init_from and not pretrained_path(cfg.init_from).exists():
+        raise ConfigError(f"init_from={cfg.init_from}: no such exported backbone ({pretrained_path(cfg.init_from)}); "
+                          "export one with `python -m ssl_lessons export ...` (data/pretrained/README.md)")
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes: set batch_size to "
                           f"a multiple of {world}")

@@ -221,3 +221,28 @@ def plot_histograms(histograms: dict[str, np.ndarray], labels: list[str], title:
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def plot_similarity_maps(images_u8: torch.Tensor, maps: dict[str, torch.Tensor], query: tuple[int, int],
+                         patch_size: int, title: str = ""):
+    """One row of images with the query patch outlined, then per backbone (maps: {name: (n, h, w) cosine
+    similarities, similarity.similarity_maps}) a row of its maps on one colour scale, 0 (and below) to 1."""
+    n = len(images_u8)
+    fig, axes = plt.subplots(1 + len(maps), n, figsize=(1.3 * n, 1.35 * (1 + len(maps))), squeeze=False)
+    row, col = query
+    for i in range(n):
+        axes[0, i].imshow(images_u8[i].permute(1, 2, 0).cpu().numpy())
+        axes[0, i].add_patch(plt.Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
+                                           fill=False, edgecolor="red", linewidth=1.5))
+    image = None
+    for r, (name, m) in enumerate(maps.items(), start=1):
+        for i in range(n):
+            image = axes[r, i].imshow(m[i].cpu().numpy(), cmap="inferno", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes[r, 0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    if image is not None:
+        fig.colorbar(image, ax=axes[1:].ravel().tolist(), shrink=0.8, label="cosine to the red patch")
+    return fig

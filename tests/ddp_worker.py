@@ -58,7 +58,7 @@ def run_mode(mode: str, out: Path) -> dict:
         _, method, parallel, *flags = mode.split("-")
         world = distributed.world_size()
         extra = {"koleo_loss_weight": 0.0} if "nokoleo" in flags else {}
-        if method == "dinov2":  # LayerScale 0.1, as the laptop preset: at 1e-5 all CLS tokens nearly coincide, and
+        if method in ("dinov2", "dinov3"):  # LayerScale 0.1, as the laptop preset: at 1e-5 all CLS tokens nearly coincide, and
             extra["layerscale_init"] = 0.1  # KoLeo's nearest neighbours (and its 1/distance gradients) follow rounding
         cfg = smoke(out, method, "engine", parallel=parallel, **extra)
         torch.manual_seed(cfg.seed)

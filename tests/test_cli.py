@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ssl_lessons.__main__ import main
 from ssl_lessons.checkpoint import load_checkpoint, sharded_meta
 from ssl_lessons.config import make_config
 from ssl_lessons.methods import METHODS
-from ssl_lessons.pretrained import load_backbone
+from ssl_lessons.pretrained import load_backbone, load_backbone_and_heads, load_trajectory
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "ssl_lessons"]
@@ -187,3 +188,28 @@ def test_curation_study_trains_simclr_on_each_curated_pool(tmp_path):
     for arm in ("uncurated", "deduplicated", "retrieved", "balanced"):
         result = json.loads((tmp_path / "runs" / f"lesson8-{arm}-smoke-3steps" / "results.json").read_text())
         assert result["steps"] == 3 and result["method"] == "simclr" and 10 < result["knn_top1"] <= 100
+
+
+def test_lesson_9s_commands_keep_snapshots_export_the_best_dense_one_and_refine_from_it(tmp_path, capsys):
+    # the long run (periodic k-NN and dense probe, snapshots kept), its exports, and a DINOv3 run started from one
+    long_run = ["--method", "dinov2", "--preset", "smoke", "--set", f"out_dir={tmp_path / 'long'}", "epochs=0.5",
+                "knn_every=0.125", "periodic_dense=true", "keep_snapshots=true"]
+    run([*CLI, "train", "--no-baselines", *long_run], tmp_path, timeout=600)
+    history = json.loads((tmp_path / "long" / "history.json").read_text())
+    assert len(history["evals"]) == 5 and all("dense_miou" in e for e in history["evals"])  # steps 0, 2, 4, 6, 8
+    shelf = tmp_path / "shelf"
+    run([*CLI, "export", *long_run, "--snapshot", "best-dense", "--name", "best", "--out", shelf], tmp_path)
+    run([*CLI, "export", *long_run, "--trajectory", "--name", "path", "--out", shelf], tmp_path)
+    backbone, heads, record = load_backbone_and_heads(shelf / "best.pt")
+    best = max(history["evals"], key=lambda e: e["dense_miou"])
+    assert record["step"] == best["step"] and set(heads) == {"head", "patch_head"}
+    nets, trajectory = load_trajectory(shelf / "path.pt")
+    assert sorted(nets) == [0, 2, 4, 6, 8] and trajectory["evals"] == history["evals"]
+    assert torch.equal(nets[record["step"]].state_dict()["vit.pos_embed"], backbone.state_dict()["vit.pos_embed"])
+    assert not torch.equal(nets[0].state_dict()["vit.pos_embed"], nets[8].state_dict()["vit.pos_embed"])
+    refused(["export", *long_run, "--snapshot", "3", "--name", "x", "--out", shelf], capsys)  # no snapshot of step 3
+    refine = ["--method", "dinov3", "--preset", "smoke", "--set", f"out_dir={tmp_path / 'refined'}",
+              f"init_from={shelf / 'best.pt'}"]
+    run([*CLI, "train", "--no-baselines", *refine], tmp_path, timeout=600)
+    result = json.loads((tmp_path / "refined" / "results.json").read_text())
+    assert result["config"]["init_from"].endswith("best.pt") and "gram_loss" in result["final_logs"]

@@ -21,9 +21,9 @@ from ssl_lessons.train import train
 # The weights: each step moves them by lr * |g| ~ 1e-3 x O(1); a relative 1e-4 difference of the gradients moves them by
 # ~1e-7 a step, so WEIGHT_ATOL = 1e-5 leaves a margin of ~30 after three steps.
 LOSS_RTOL, WEIGHT_ATOL = 1e-4, 1e-5
-ONE_PROCESS = ["engine-dino-ddp", "engine-dinov2-ddp-nokoleo"]
+ONE_PROCESS = ["engine-dino-ddp", "engine-dinov2-ddp-nokoleo", "engine-dinov3-ddp-nokoleo"]
 TWO_PROCESSES = ["engine-dino-ddp", "engine-dino-fsdp", "engine-dino-fsdp-ac", "engine-dinov2-ddp-nokoleo",
-                 "engine-dinov2-fsdp-nokoleo", "engine-dinov2-ddp", "engine-dinov2-fsdp", "fsdp-save",
+                 "engine-dinov2-fsdp-nokoleo", "engine-dinov3-ddp-nokoleo", "engine-dinov3-fsdp-nokoleo", "engine-dinov2-ddp", "engine-dinov2-fsdp", "fsdp-save",
                  "dino-fsdp-resume"]
 
 
@@ -78,11 +78,12 @@ def test_fsdp_with_activation_checkpointing_at_two_processes_equals_one_process(
 
 
 @pytest.mark.numerics
-@pytest.mark.parametrize("method", ["dino", "dinov2"])
+@pytest.mark.parametrize("method", ["dino", "dinov2", "dinov3"])
 def test_ddp_and_fsdp_at_two_processes_equal_one_process_on_the_same_global_batch(runs, method):
     # DINOv2's KoLeo is computed within each rank's batch (as dinov2 does), so it is off for the comparison with one
-    # process; every other term (CLS and patch losses, Sinkhorn-Knopp over the global batch) must agree.
-    flag = "-nokoleo" if method == "dinov2" else ""
+    # process; every other term (CLS and patch losses, Sinkhorn-Knopp over the global batch, DINOv3's Gram loss and
+    # its Gram teacher, copied after step 2 of 3) must agree.
+    flag = "-nokoleo" if method != "dino" else ""
     (one,) = runs[1][f"engine-{method}-ddp{flag}"]
     ddp, fsdp = runs[2][f"engine-{method}-ddp{flag}"], runs[2][f"engine-{method}-fsdp{flag}"]
     assert one["world"] == 1 and ddp[0]["world"] == fsdp[0]["world"] == 2
@@ -94,7 +95,11 @@ def test_ddp_and_fsdp_at_two_processes_equal_one_process_on_the_same_global_batc
     for name, tensor in fsdp[0]["state"].items():  # the gathered weights: the same on both ranks
         assert torch.equal(tensor, fsdp[1]["state"][name]), name
     assert not torch.equal(one["state"]["loss.center"], torch.zeros_like(one["state"]["loss.center"])) or \
-        method == "dinov2"  # DINO's EMA center moved (DINOv2 centres by Sinkhorn-Knopp: its center is unused)
+        method != "dino"  # DINO's EMA center moved (DINOv2 centres by Sinkhorn-Knopp: its center is unused)
+    if method == "dinov3":  # the Gram teacher was refreshed once (after step 2), so it is the teacher of step 2
+        assert one["state"]["gram_updates"] == 1
+        key = "gram_teacher.vit.patch_embed.proj.weight"
+        assert not torch.equal(one["state"][key], one["state"]["teacher.backbone.vit.patch_embed.proj.weight"])
 
 
 @pytest.mark.numerics

@@ -1,4 +1,4 @@
-"""Every recipe field of DINO, iBOT, DINOv2 and distillation reaches what it configures: change it, and the losses,
+"""Every recipe field of DINO, iBOT, DINOv2, distillation and DINOv3 reaches what it configures: change it, and the losses,
 diagnostics, schedules, parameter groups, evaluated output or state shapes change. (Not in the `numerics` pass: it
 asks only whether something changed.)"""
 import dataclasses
@@ -27,11 +27,15 @@ CHANGES = {
     "teacher_temp": ("0.05", {}), "teacher_temp_start": ("0.02", {}), "teacher_temp_warmup": ("0.8", {"teacher_temp_start": "0.02"}),
     "centering": (None, {}), "center_momentum": ("0.5", {"centering": "ema"}),
     "sinkhorn_iterations": ("1", {"centering": "sinkhorn_knopp"}), "teacher_momentum": ("0.5", {}),
-    "teacher_momentum_end": ("0.6", {}), "mask_probability": ("1.0", {}), "mask_ratio_min": ("0.3", {}),
+    # constant schedules (DINOv3's) hold the momentum at its start value: the end reaches it with cosine ones
+    "teacher_momentum_end": ("0.6", {"schedules": "cosine"}), "mask_probability": ("1.0", {}),
+    "mask_ratio_min": ("0.3", {}),
     "mask_ratio_max": ("0.3", {}), "patch_loss_weight": ("0.5", {}), "separate_heads": (None, {}),
     "patch_out_dim": ("40", {"separate_heads": "true"}), "koleo_loss_weight": ("0.5", {}),
     "layer_decay": ("0.5", {}), "patch_embed_lr_mult": ("0.5", {}), "teacher": ("another teacher", {}),
-    "patch_fraction": ("0.5", {}),
+    "patch_fraction": ("0.5", {}), "gram_loss_weight": ("0.5", {}), "gram_update_every": ("1", {}),
+    "gram_max_updates": ("1", {"gram_update_every": "1"}), "gram_img_level": (None, {}), "gram_remove_neg": (None, {}),
+    "gram_remove_only_teacher_neg": (None, {}), "gram_teacher_scale": ("1.0", {}),
 }
 FAMILY = tuple(name for name, cls in METHODS.items() if issubclass(cls, DINO))  # the DINO family
 

@@ -39,6 +39,7 @@ class Method(nn.Module):
     uses_patch_masks = False   # True: the backbone is built with a learnable mask token
     TITLE = ""                 # its name in the course's tables; empty = the class name
     ACCUMULATION = ""          # what sees a micro-batch instead of the batch when accum_steps > 1 (step.py)
+    schedules = "cosine"       # Config.schedules, set by build_method: "constant" holds the method's decays too
 
     backbone: nn.Module
     crops: MultiCrop
@@ -66,6 +67,17 @@ class Method(nn.Module):
         """The loss of a batch, and {name: scalar tensor} diagnostics; these cost time (syncs, SVDs), so they are
         computed only when `diagnostics` is True (the steps whose logs are kept)."""
         raise NotImplementedError
+
+    def decay_progress(self, progress: float) -> float:
+        """Where a decaying schedule of the method (a teacher's momentum) stands: `progress`, or 0 (its start value,
+        held) with constant schedules."""
+        return progress if self.schedules == "cosine" else 0.0
+
+    def start_from(self, backbone: dict, heads: dict[str, dict]) -> None:
+        """Config.init_from: start from an exported backbone's weights (pretrained.py) instead of random ones:
+        `backbone` its state, `heads` {name: state} of the heads exported with it. The backbone is loaded here;
+        a method that keeps copies of it (a momentum teacher) or has heads of those names loads them too."""
+        self.backbone.load_state_dict(backbone)
 
     def before_step(self, progress: float) -> None:
         """Called before the views of a step are made; progress = step / total_steps in [0, 1)."""

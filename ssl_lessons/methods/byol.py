@@ -80,8 +80,14 @@ class BYOL(Method):
         return loss, {"output_std": normalized_std(both), "effective_rank": effective_rank(both)}
 
     @torch.no_grad()
+    def start_from(self, backbone, heads):
+        super().start_from(backbone, heads)
+        self.target.load_state_dict(self.online_encoder.state_dict())  # the target starts as the online network
+
+    @torch.no_grad()
     def after_step(self, progress):
-        m = momentum_schedule(progress, self.recipe.teacher_momentum, self.recipe.teacher_momentum_end)
+        m = momentum_schedule(self.decay_progress(progress), self.recipe.teacher_momentum,
+                              self.recipe.teacher_momentum_end)
         ema_update(self.target, self.online_encoder, m)
 
 

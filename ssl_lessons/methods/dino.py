@@ -107,6 +107,7 @@ class DINO(Method):
         self.recipe = recipe
         self.backbone = backbone
         self.build_heads()
+        self.momentum_teacher = teacher is None
         self.teacher = make_teacher(self.student) if teacher is None else freeze(teacher)
         self.loss = DINOLoss(recipe.out_dim, recipe.student_temp, recipe.center_momentum, recipe.centering,
                              recipe.sinkhorn_iterations)
@@ -125,6 +126,17 @@ class DINO(Method):
         """The student's parts by name, as the teacher has them: {"backbone", "head"[, "patch_head"]}."""
         return nn.ModuleDict({name: getattr(self, name) for name in ("backbone", "head", "patch_head")
                               if hasattr(self, name)})
+
+    def start_from(self, backbone, heads):
+        """The student's backbone and heads from an exported teacher (heads it does not have are an error: a head
+        trained elsewhere would start the losses from its own targets), the momentum teacher as their copy."""
+        super().start_from(backbone, heads)
+        for name, state in heads.items():
+            if name not in self.student:
+                raise ValueError(f"the exported heads {sorted(heads)} do not match this student's {sorted(self.student)}")
+            self.student[name].load_state_dict(state)
+        if self.momentum_teacher:
+            self.teacher.load_state_dict(self.student.state_dict())
 
     def before_step(self, progress):
         self.teacher_temp = teacher_temperature(progress, **self.teacher_temp_schedule)
@@ -150,7 +162,8 @@ class DINO(Method):
 
     @torch.no_grad()
     def after_step(self, progress):
-        m = momentum_schedule(progress, self.recipe.teacher_momentum, self.recipe.teacher_momentum_end)
+        m = momentum_schedule(self.decay_progress(progress), self.recipe.teacher_momentum,
+                              self.recipe.teacher_momentum_end)
         ema_update(self.teacher, self.student, m)
 
     @property

@@ -97,9 +97,14 @@ class Distill(DINOv2):
     def student_tokens(self, crops) -> list[dict]:
         return self.backbone.forward_tokens(crops.by_size())  # whole crops, no mask token
 
+    def start_from(self, backbone, heads):
+        super().start_from(backbone, heads)
+        self.ema.backbone.load_state_dict(backbone)  # the spare EMA starts as the student
+
     @torch.no_grad()
     def after_step(self, progress):
-        m = momentum_schedule(progress, self.recipe.teacher_momentum, self.recipe.teacher_momentum_end)
+        m = momentum_schedule(self.decay_progress(progress), self.recipe.teacher_momentum,
+                              self.recipe.teacher_momentum_end)
         ema_update(self.ema, nn.ModuleDict({"backbone": self.backbone}), m)
 
     @property
