@@ -13,6 +13,9 @@ from .runtime import RUNS_DIR, pick_device
 
 def yardstick_path(cfg):
     arch = f"{cfg.backbone}-p{cfg.patch_size}-d{cfg.embed_dim}x{cfg.depth}-{cfg.global_pool}"
+    # LayerScale and registers change what a random ViT computes (DINOv2's laptop ViT is not DINO's): their own file
+    arch += (f"-ls{cfg.layerscale_init:g}" if cfg.layerscale_init else "") + \
+            (f"-reg{cfg.register_tokens}" if cfg.register_tokens else "")
     subset = f"-{cfg.train_subset}x{cfg.test_subset}" if cfg.train_subset or cfg.test_subset else ""
     name = dataset_key(cfg)  # two image trees never share yardsticks
     return RUNS_DIR / "baselines" / f"{name}{subset}-{arch}.json"

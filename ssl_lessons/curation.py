@@ -233,8 +233,10 @@ def curate(features, dedup_threshold: float, evaluation_features=None, relative_
     """DINOv2's pipeline and DINOv3's sampling on a pool's descriptors, in order: self-deduplication; relative
     deduplication against evaluation_features (threshold relative_threshold, default dedup_threshold); retrieval of
     n_per_seed neighbours per seed (when seed_features are given); balanced sampling of `size` images from a
-    hierarchical k-means with `levels` (when size is given). Returns the stages, the first being the whole pool."""
-    x = unit_rows(features)
+    hierarchical k-means with `levels` (when size is given). Returns the stages, the first being the whole pool.
+    Each stage gets the rows of `features` as they are (each normalises what it is given): normalising unit rows
+    again can move their last bits, and the stages must pick what the same functions pick when called one by one."""
+    x = np.asarray(features, dtype=np.float32)
     stages = [Stage("pool", np.arange(len(x)), f"{len(x)} images")]
 
     def then(name: str, chosen_within: np.ndarray, note: str):

@@ -11,7 +11,9 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.io import write_png
 
 from ssl_lessons.curation import (DEDUP_THRESHOLD, DEFAULT_DESCRIPTOR, Level, balanced_sample, curate, deduplicate, duplicate_components,
-                                  hierarchical_kmeans, remove_near, retrieve_by_cluster, retrieve_nearest, water_fill)
+                                  hierarchical_kmeans, remove_near, resample_sizes, retrieve_by_cluster, retrieve_nearest,
+                                  water_fill)
+from ssl_lessons import curation
 from ssl_lessons.data import load_cifar10
 from ssl_lessons.descriptors import load_descriptor
 from ssl_lessons.errors import ConfigError
@@ -256,3 +258,24 @@ def test_the_default_threshold_is_documented_in_the_command_help():
     proc = subprocess.run([sys.executable, "-m", "ssl_lessons", "curate", "--help"], capture_output=True, text=True,
                           cwd=REPO)
     assert f"default {DEDUP_THRESHOLD}" in " ".join(proc.stdout.split())   # argparse wraps to the terminal's width
+
+
+def test_curate_picks_what_its_stages_pick_one_by_one():
+    """Lesson 8 checks that the command line's pipeline keeps the very sets of its step-by-step cells. That holds on
+    every CPU only if curate hands each stage the rows it was given: normalising rows again (x / ||x|| with ||x|| one
+    ulp off 1) moves last bits, and a last bit decides a threshold or a tie on some machines."""
+    base = random_unit(540, d=64)
+    x = 3.0 * np.concatenate([base, nudged(base[:30], 0.001, 1)])          # 30 planted copies; not unit rows
+    evaluation, seeds = nudged(x[[5]] / 3.0, 0.001, 2), random_unit(3, d=64, seed=7)
+    seen = []
+    original = curation.deduplicate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(curation, "deduplicate", lambda features, *a, **k: seen.append(features) or original(features, *a, **k))
+        stages = curate(x, 0.99, evaluation, 0.99, seed_features=seeds, n_per_seed=40, size=50, levels=(10, 3))
+    assert np.array_equal(seen[0], x), "the deduplication gets the rows as given, not normalised again"
+    kept = deduplicate(x, 0.99)
+    clean = kept[remove_near(x[kept], evaluation, 0.99)]
+    retrieved = clean[retrieve_nearest(x[clean], seeds, 40).indices]
+    assert [s.kept.tolist() for s in stages[1:4]] == [kept.tolist(), clean.tolist(), retrieved.tolist()]
+    tree = hierarchical_kmeans(x[retrieved], (10, 3), 5, resample_sizes(len(retrieved), (10, 3)), 0)
+    assert stages[4].kept.tolist() == retrieved[balanced_sample(tree, 50, 0)].tolist()

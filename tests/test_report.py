@@ -22,3 +22,14 @@ def test_lesson_table_reads_saved_results_in_lesson_order(tmp_path, monkeypatch)
     assert "SimCLR" in text and "50.0%" in text and text.count("\n") == 3
     assert [r["name"] for r in report.lesson_table("smoke", up_to="simclr")] == ["raw pixels (lesson 0)", "SimCLR"]
     assert "dense mIoU" in text.splitlines()[0]
+
+
+def test_each_random_architecture_has_its_own_yardsticks():
+    """A random ViT with LayerScale or registers computes other features than one without: DINOv2's laptop ViT
+    (LayerScale 0.1) must not read DINO's saved yardsticks, nor the other way round, whichever lesson ran first."""
+    path = lambda method, **more: baselines.yardstick_path(  # noqa: E731
+        make_config("cifar10-laptop", {"method": method, **{k: str(v) for k, v in more.items()}}))
+    assert path("dino") == path("ibot")                      # the same ViT, CLS token
+    assert path("dinov2") != path("dino")
+    assert path("dinov2", register_tokens=4) != path("dinov2")
+    assert path("dino") != path("simclr")                    # CLS token against average-pooled tokens
